@@ -1,0 +1,3 @@
+"""Command-line commands of training, export and publishing, one module each.
+
+Handlers import transformers/peft lazily so `lis-align --help` stays fast."""

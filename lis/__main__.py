@@ -1,0 +1,4 @@
+from lis.cli import main
+import sys
+
+sys.exit(main())

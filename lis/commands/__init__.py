@@ -1,0 +1,1 @@
+"""Command-line commands of the evaluator, one module each."""
