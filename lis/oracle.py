@@ -1,0 +1,85 @@
+"""Free item-embedding tables fitted to preference pairs: the LIS oracle's embedding mode.
+
+:func:`fit_pair_embeddings` learns one vector per item that appears in a pairs frame with the
+same kind of loss the VLM is aligned with (symmetric in-batch InfoNCE), so the oracle and a
+trained model are scored through identical similarity features. Used for
+
+* the leaked oracle E* of LIS (pairs built from the fit window plus the evaluation window of
+  the other user folds), and
+* the "trained on the past" reference tables of the validity tests (pairs from the fit window
+  only), whose AIS must stay at or below the builder's LIS.
+
+Items absent from the pairs are left out of the table (reported as missing, never given a
+random vector that would pass for knowledge). Deterministic on CPU for a fixed seed. It does
+not model content: an item without pairs has no vector, which is exactly the ceiling's point.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lis.embeddings import EmbeddingTable, make_manifest
+from lis.errors import DataError
+
+
+def fit_pair_embeddings(
+    pairs: pd.DataFrame,
+    dim: int = 64,
+    steps: int = 600,
+    batch_size: int = 512,
+    lr: float = 0.05,
+    logit_scale: float = 20.0,
+    seed: int = 0,
+    trained_until: int | None = None,
+    source: str = "oracle",
+) -> EmbeddingTable:
+    """Fit a free embedding table to ``pairs`` (anchor_id, positive_id, weight).
+
+    Pairs are sampled in proportion to their weight; each step is a symmetric InfoNCE over the
+    batch with duplicate items masked out of the negatives. ``steps`` bounds the cost (a few
+    seconds for tens of thousands of pairs on 2 cores).
+    """
+    if len(pairs) == 0:
+        raise DataError("pairs: no preference pairs to fit an embedding table to (the builder returned 0 pairs).")
+    anchors = pairs["anchor_id"].astype(str).to_numpy()
+    positives = pairs["positive_id"].astype(str).to_numpy()
+    ids, codes = np.unique(np.concatenate([anchors, positives]), return_inverse=True)
+    anchor_codes = torch.from_numpy(codes[: len(anchors)].astype(np.int64))
+    positive_codes = torch.from_numpy(codes[len(anchors):].astype(np.int64))
+    weights = torch.tensor(pairs["weight"].to_numpy(dtype=np.float64))
+
+    generator = torch.Generator().manual_seed(seed)
+    table = torch.nn.Embedding(len(ids), dim)
+    with torch.no_grad():
+        table.weight.normal_(0.0, 0.1, generator=generator)
+    optimiser = torch.optim.Adam(table.parameters(), lr=lr)
+    batch = min(batch_size, len(pairs))
+    for _ in range(steps):
+        rows = torch.multinomial(weights, batch, replacement=True, generator=generator)
+        a, p = anchor_codes[rows], positive_codes[rows]
+        loss = symmetric_info_nce(table(a), table(p), a, p, logit_scale)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+    vectors = torch.nn.functional.normalize(table.weight.detach(), dim=1).numpy()
+    manifest = make_manifest(dim, source, trained_until=None if trained_until is None else int(trained_until))
+    return EmbeddingTable(list(ids), vectors, manifest)
+
+
+def symmetric_info_nce(anchor, positive, anchor_codes, positive_codes, logit_scale: float) -> torch.Tensor:
+    """In-batch InfoNCE both ways; an off-diagonal column holding the row's own positive item
+    (or the same item twice) is masked instead of being pushed away as a negative."""
+    a = torch.nn.functional.normalize(anchor, dim=1)
+    p = torch.nn.functional.normalize(positive, dim=1)
+    logits = logit_scale * a @ p.T
+    # Symmetric mask, so the same one serves logits and logits.T: a column is no negative when
+    # it holds the row's own anchor or positive item again.
+    same_item = (positive_codes[:, None] == positive_codes[None, :]) | (anchor_codes[:, None] == anchor_codes[None, :])
+    same_item |= (anchor_codes[:, None] == positive_codes[None, :]) | (positive_codes[:, None] == anchor_codes[None, :])
+    same_item.fill_diagonal_(False)
+    logits = logits.masked_fill(same_item, float("-inf"))
+    target = torch.arange(len(a))
+    return 0.5 * (
+        torch.nn.functional.cross_entropy(logits, target) + torch.nn.functional.cross_entropy(logits.T, target)
+    )
