@@ -1,0 +1,98 @@
+"""The evaluator's report: ``report.json`` (machine), ``report.md`` (a table a person reads) and
+``report.png`` (gains with 95% intervals; AIS of each table against each builder's LIS ceiling).
+
+All three are written atomically. The JSON layout is documented in the README ("report.json").
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from lis.atomic import atomic_path, write_json, write_text
+
+
+def write_report(report: dict, json_path: str | Path) -> dict[str, Path]:
+    """Write ``report`` as JSON plus ``.md`` and ``.png`` beside it; return the three paths."""
+    json_path = Path(json_path)
+    paths = {"json": json_path, "md": json_path.with_suffix(".md"), "png": json_path.with_suffix(".png")}
+    write_json(paths["json"], report)
+    write_text(paths["md"], render_markdown(report))
+    plot_report(report, paths["png"])
+    return paths
+
+
+def _fmt_gain(scores: dict, key: str) -> str:
+    lo, hi = scores[f"{key}_ci"]
+    return f"{scores[key]:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+
+
+def render_markdown(report: dict) -> str:
+    base = report["base"]
+    lines = ["# LIS report", ""]
+    windows = report.get("windows", {})
+    if windows:
+        lines += ["| window | from | to | impressions | positives |", "|---|---|---|---|---|"]
+        for name, info in windows.get("windows", windows).items():
+            if isinstance(info, dict) and "rows" in info:
+                lines.append(f"| {name} | {info.get('start', '')} | {info.get('end', '')} | {info['rows']} | {info.get('positives', '')} |")
+        lines.append("")
+    lines += [f"Base ranker ({base.get('source', 'builtin')}): AUC {base['auc']:.4f}, GAUC {base['gauc']:.4f} "
+              "on the probe-test half of the evaluation window.", ""]
+    if report.get("lis"):
+        lines += ["## LIS: the ceiling of each preference-data builder", "",
+                  "| builder | pairs | AUC gain [95% CI] | GAUC gain [95% CI] |", "|---|---|---|---|"]
+        for name, scores in report["lis"].items():
+            lines.append(f"| {name} | {scores['n_pairs']} | {_fmt_gain(scores, 'auc_gain')} | {_fmt_gain(scores, 'gauc_gain')} |")
+        lines.append("")
+    if report.get("ais"):
+        builders = list(report.get("lis", {}))
+        header = "| table | coverage | AUC gain [95% CI] | GAUC gain [95% CI] |" + "".join(f" eta vs {b} |" for b in builders)
+        lines += ["## AIS: what each embedding table delivers", "", header, "|---" * (4 + len(builders)) + "|"]
+        for name, scores in report["ais"].items():
+            etas = report.get("efficiency", {}).get(name, {})
+            cells = "".join(f" {_fmt_eta(etas.get(b))} |" for b in builders)
+            lines.append(f"| {name} | {scores['coverage']:.1%} | {_fmt_gain(scores, 'auc_gain')} | {_fmt_gain(scores, 'gauc_gain')} |{cells}")
+        lines.append("")
+    verdict = report.get("verdict")
+    if verdict:
+        lines += [f"**Verdict: `{verdict['code']}`.** {verdict['advice']}", ""]
+    return "\n".join(lines)
+
+
+def _fmt_eta(eta) -> str:
+    return "n/a (LIS interval includes 0)" if eta is None else f"{eta:.2f}"
+
+
+def plot_report(report: dict, png_path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lis, ais = report.get("lis", {}), report.get("ais", {})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), squeeze=False)
+    _bar_with_ci(axes[0][0], lis, "LIS by builder (AUC gain, 95% CI)", "tab:blue")
+    ax = axes[0][1]
+    _bar_with_ci(ax, ais, "AIS by table vs LIS ceilings", "tab:orange")
+    for index, (name, scores) in enumerate(lis.items()):
+        ax.axhline(scores["auc_gain"], linestyle="--", color=f"C{index}", linewidth=1, label=f"LIS {name}")
+    if lis and ais:
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def _bar_with_ci(ax, scores: dict, title: str, color: str) -> None:
+    names = list(scores)
+    ax.set_title(title, fontsize=10)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    if not names:
+        ax.text(0.5, 0.5, "nothing scored", ha="center", va="center", transform=ax.transAxes)
+        return
+    gains = [scores[n]["auc_gain"] for n in names]
+    lower = [g - scores[n]["auc_gain_ci"][0] for g, n in zip(gains, names)]
+    upper = [scores[n]["auc_gain_ci"][1] - g for g, n in zip(gains, names)]
+    ax.bar(range(len(names)), gains, yerr=[lower, upper], color=color, capsize=4)
+    ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+    ax.set_ylabel("AUC gain")
