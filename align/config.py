@@ -1,0 +1,228 @@
+"""Training recipes: a YAML file of nested sections, validated, with ``key=value`` overrides.
+
+Every field has a default, so a recipe names only what it changes. Unknown fields, wrong
+types and impossible values are :class:`lis.errors.ConfigError` naming the recipe file, the
+field and the bad value. Overrides use dotted names: ``lora.r=8 training.max_steps=50``.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from lis.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    path: str = "tiny:qwen2_vl"  # a local dir, a Hub id, or tiny:FAMILY to build a tiny VLM offline
+    dtype: str = "auto"  # auto = bf16 on GPUs that support it, float32 on CPU
+    attn_implementation: str | None = None
+
+
+@dataclass
+class DataConfig:
+    data_dir: str = "runs/demo/data"
+    builder: str = "co_engagement"  # builder of the training pairs, on the fit window
+    pairs_file: str | None = None  # use a ready pairs file instead of a builder
+    eval_fraction: float = 0.3
+    top_k: int = 10
+    max_text_tokens: int = 48
+    image_size: int = 64
+
+
+@dataclass
+class EmbedderConfig:
+    dim: int = 128
+    pooling: str = "last"  # last | mean
+    center: bool = True  # BatchNorm without affine before the head: avoids the early collapse
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class LoraSection:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list | None = None  # None = the family's defaults (language model attention + MLP)
+    vision: bool = False
+    train_token_embeddings: bool = False
+
+
+@dataclass
+class LossConfig:
+    logit_scale_init: float = 20.0
+    learn_temperature: bool = True
+    gather_with_grad: bool = True
+    local_loss: bool = False
+    mask_known_pairs: bool = True
+    use_pair_weights: bool = False
+
+
+@dataclass
+class TrainingConfig:
+    output_dir: str = "runs/train"
+    max_steps: int = 200
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_scheduler_type: str = "constant"
+    per_device_train_batch_size: int = 32
+    gradient_accumulation_steps: int = 1
+    logging_steps: int = 10
+    save_steps: int = 50
+    save_total_limit: int | None = 3
+    eval_steps: int = 50
+    seed: int = 0
+    bf16: bool | None = None  # None = on when the GPU supports it
+    report_to: list = field(default_factory=lambda: ["tensorboard"])
+    dataloader_num_workers: int = 0
+    resume_from_checkpoint: str | None = None
+
+
+@dataclass
+class LisConfig:
+    enabled: bool = True
+    builder: str = "co_engagement"  # the LIS ceiling AIS is compared with
+    metric_for_best_model: str = "eval_ais_auc"
+    early_stopping_patience: int | None = 3
+    early_stopping_min_delta: float = 0.0
+    require_headroom: bool = False
+    n_bootstrap: int = 200
+    max_eval_items: int | None = None
+
+
+@dataclass
+class Recipe:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+    lora: LoraSection = field(default_factory=LoraSection)
+    loss: LossConfig = field(default_factory=LossConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    lis: LisConfig = field(default_factory=LisConfig)
+    source: str = "<defaults>"
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data.pop("source")
+        return data
+
+
+CHOICES = {
+    "embedder.pooling": ("last", "mean"),
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+}
+
+
+def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Recipe:
+    """Read a recipe YAML (or the defaults), apply ``key=value`` overrides, validate."""
+    raw: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        if not Path(path).is_file():
+            raise ConfigError(f"{source}: recipe file not found.")
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{source}: not valid YAML ({error}).") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: a recipe is a mapping of sections; got {type(raw).__name__}.")
+    raw = copy.deepcopy(raw)
+    for override in overrides:
+        key, value = _parse_override(source, override)
+        _set_dotted(raw, key, value)
+    recipe = _build(Recipe, raw, source, prefix="")
+    recipe.source = source
+    _check(recipe)
+    return recipe
+
+
+def _parse_override(source: str, text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"{source}: override {text!r} must look like section.field=value (e.g. training.max_steps=50).")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value) if value.strip() else None
+
+
+def _set_dotted(raw: dict, key: str, value) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is a value, not a section.")
+    node[parts[-1]] = value
+
+
+def _build(cls, raw, source: str, prefix: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: section '{prefix.rstrip('.') or 'top'}' must be a mapping; got {raw!r}.")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls) if f.name != "source"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown field '{prefix}{unknown[0]}' (known in this section: {', '.join(sorted(known))})."
+        )
+    values = {}
+    for f in fields(cls):
+        if f.name not in raw:
+            continue
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            values[f.name] = _build(hint, raw[f.name], source, prefix=f"{prefix}{f.name}.")
+        else:
+            values[f.name] = _coerce(raw[f.name], hint, source, f"{prefix}{f.name}")
+    return cls(**values)
+
+
+def _coerce(value, hint, source: str, name: str):
+    allowed = getattr(hint, "__args__", (hint,))
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ConfigError(f"{source}: field '{name}' may not be empty.")
+    for kind in allowed:
+        if kind is type(None):
+            continue
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is list and isinstance(value, str):
+            return [part for part in value.split(",") if part]
+        origin = getattr(kind, "__origin__", kind)
+        if isinstance(origin, type) and isinstance(value, origin) and not (origin is int and isinstance(value, bool)):
+            return value
+    expected = " or ".join(getattr(k, "__name__", str(k)) for k in allowed if k is not type(None))
+    raise ConfigError(f"{source}: field '{name}' must be {expected}; got {value!r}.")
+
+
+def _check(recipe: Recipe) -> None:
+    src = recipe.source
+    for dotted, options in CHOICES.items():
+        section, name = dotted.split(".")
+        value = getattr(getattr(recipe, section), name)
+        if value not in options:
+            raise ConfigError(f"{src}: field '{dotted}' must be one of {', '.join(options)}; got {value!r}.")
+    positive = {
+        "embedder.dim": recipe.embedder.dim, "lora.r": recipe.lora.r, "training.max_steps": recipe.training.max_steps,
+        "training.per_device_train_batch_size": recipe.training.per_device_train_batch_size,
+        "training.learning_rate": recipe.training.learning_rate, "training.eval_steps": recipe.training.eval_steps,
+        "training.save_steps": recipe.training.save_steps, "loss.logit_scale_init": recipe.loss.logit_scale_init,
+    }
+    for name, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"{src}: field '{name}' must be positive; got {value!r}.")
+    if not 0.0 < recipe.data.eval_fraction < 1.0:
+        raise ConfigError(f"{src}: field 'data.eval_fraction' must be in (0, 1); got {recipe.data.eval_fraction!r}.")
+    if recipe.training.save_steps % recipe.training.eval_steps and recipe.lis.enabled:
+        raise ConfigError(
+            f"{src}: field 'training.save_steps' ({recipe.training.save_steps}) must be a multiple of "
+            f"'training.eval_steps' ({recipe.training.eval_steps}) so the best checkpoint can be kept."
+        )
