@@ -17,5 +17,7 @@ class ConfigError(DataError):
 
 def describe_value(value, limit: int = 60) -> str:
     """A short printable form of a bad value for an error message."""
+    if hasattr(value, "item") and not hasattr(value, "__len__"):
+        value = value.item()  # numpy scalars print as np.float64(nan) otherwise
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

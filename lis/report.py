@@ -33,7 +33,7 @@ def render_markdown(report: dict) -> str:
         lines += ["| window | from | to | impressions | positives |", "|---|---|---|---|---|"]
         for name, info in windows.get("windows", windows).items():
             if isinstance(info, dict) and "rows" in info:
-                lines.append(f"| {name} | {info.get('start', '')} | {info.get('end', '')} | {info['rows']} | {info.get('positives', '')} |")
+                lines.append(f"| {name} | {info.get('from', '')} | {info.get('to', '')} | {info['rows']} | {info.get('positives', '')} |")
         lines.append("")
     lines += [f"Base ranker ({base.get('source', 'builtin')}): AUC {base['auc']:.4f}, GAUC {base['gauc']:.4f} "
               "on the probe-test half of the evaluation window.", ""]

@@ -59,7 +59,7 @@ def _read_file(path: Path, what: str, str_columns: tuple[str, ...]) -> pd.DataFr
     except DataError:
         raise
     except Exception as error:  # pyarrow, pandas and json raise many types for corrupt input
-        kind = {".pq": "Parquet", ".parquet": "Parquet", ".csv": "CSV", ".tsv": "TSV"}.get(suffix, "JSON lines")
+        kind = {".pq": "Parquet", ".parquet": "Parquet", ".csv": "CSV", ".tsv": "TSV", ".json": "JSON"}.get(suffix, "JSON lines")
         raise DataError(f"{path.name}: not a readable {kind} {what} table ({_short(error)}).") from None
 
 
@@ -70,14 +70,11 @@ def _read_csv(path: Path, str_columns: tuple[str, ...], sep: str) -> pd.DataFram
 
 def _read_json(path: Path, str_columns: tuple[str, ...]) -> pd.DataFrame:
     dtype = {name: str for name in str_columns}
-    try:
-        return pd.read_json(path, lines=True, dtype=dtype)
-    except ValueError:
-        if path.suffix.lower() != ".json":
-            raise
-    # A .json file that is not JSON lines may still be one array of records.
-    frame = pd.read_json(path, orient="records", dtype=dtype)
-    return frame
+    with open(path, "rb") as handle:
+        start = handle.read(64).lstrip()[:1]
+    if start == b"[":  # one JSON array of records rather than JSON lines
+        return pd.read_json(path, orient="records", dtype=dtype)
+    return pd.read_json(path, lines=True, dtype=dtype)
 
 
 def _read_datasets_dir(path: Path, what: str) -> pd.DataFrame:

@@ -1,0 +1,225 @@
+"""Symmetric in-batch InfoNCE for item embeddings, distributed the open_clip way.
+
+A batch holds B preference pairs (anchor item, positive item, weight). Every anchor is scored
+against every positive of the *global* batch (all ranks); its own positive is the target and
+the others are negatives, and the same the other way round (positive -> anchors). Columns that
+are not true negatives are masked out (logit -inf) instead of being pushed away:
+
+- duplicates: a column holding the row's own target item at another position (the same item
+  twice in the batch), or holding the row's own item (an anchor that is also some pair's
+  positive, or the reverse);
+- known pairs: a column (i, j) whose ids (anchor_i, positive_j) form a known related pair,
+  checked in both orders (relatedness is treated as symmetric).
+
+Scaling convention (what makes the distributed loss equal the single-process one):
+with W ranks and a global batch of N pairs with weights w, the global loss is
+
+    L = 1/2 * [ sum_i w_i CE(a_i -> P) + sum_j w_j CE(p_j -> A) ] / sum_k w_k
+
+(the weighted mean over rows of each direction, averaged over the two directions). Rank r
+returns ``loss_r`` such that mean_r(loss_r) == L:
+- ``local_loss=True``: rank r scores only its own rows against all gathered columns and
+  returns W * (its rows' share of the sum) / (global weight sum);
+- ``local_loss=False``: every rank scores the full N x N matrix and returns L itself.
+With ``gather_with_grad=True`` both settings give every rank the gradient of sum_r loss_r =
+W * L with respect to its own embeddings, so DDP/DeepSpeed's gradient *average* over ranks
+yields exactly dL/dθ, as a single process on the concatenated batch would compute.
+``gather_with_grad=False`` (open_clip's cheaper option) gives each rank's own rows the
+gradient of its own ``loss_r`` only: with ``local_loss=True`` the terms in which this rank's
+embeddings serve as negatives for other ranks' rows are lost (a different, biased gradient);
+with ``local_loss=False`` the direction is right but the parameter gradient is dL/dθ / W.
+Use it only to save memory/communication, knowingly.
+
+Limits: embeddings are L2-normalised inside (cosine similarity; ``normalize=False`` to pass
+already normalised or raw vectors); item ids must be int64 indices below 2**31 (pairs are
+encoded as ``a << 32 | b``); ranks may hold different batch sizes (padding in the gather).
+Known pairs must be the same on every rank (they are not gathered).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from align.distributed import all_gather_no_grad, all_gather_with_grad, gather_sizes, world_info
+
+__all__ = ["InfoNCELoss", "encode_pairs"]
+
+_ID_LIMIT = 2**31
+
+
+def encode_pairs(anchor_ids, positive_ids=None) -> torch.Tensor:
+    """Encode known (anchor, positive) id pairs as sorted unique int64 keys ``a << 32 | b``.
+
+    Accepts two 1-D integer sequences, a (K, 2) tensor/array, or an iterable of (a, b) tuples.
+    Both orders of every pair are stored, so membership is symmetric. Build it once (on every
+    rank) and pass it as ``known_pairs`` to avoid re-encoding per step.
+    """
+    if positive_ids is None:
+        pairs = torch.as_tensor(
+            anchor_ids if torch.is_tensor(anchor_ids) else list(anchor_ids), dtype=torch.int64
+        ).reshape(-1, 2)
+        a, b = pairs[:, 0], pairs[:, 1]
+    else:
+        a = torch.as_tensor(anchor_ids, dtype=torch.int64).reshape(-1)
+        b = torch.as_tensor(positive_ids, dtype=torch.int64).reshape(-1)
+    if a.numel() and (min(a.min(), b.min()) < 0 or max(a.max(), b.max()) >= _ID_LIMIT):
+        raise ValueError(f"known pair ids must lie in [0, 2**31); got min {min(a.min(), b.min())}, "
+                         f"max {max(a.max(), b.max())}")
+    keys = torch.cat([(a << 32) | b, (b << 32) | a])
+    return torch.unique(keys)  # sorted: torch.isin/searchsorted can use it directly
+
+
+class InfoNCELoss(nn.Module):
+    """Symmetric in-batch InfoNCE with a learnable temperature, correct across ranks.
+
+    Args:
+        init_scale: initial logit scale (inverse temperature); stored as its log. Default 20.
+        max_scale: the scale is clamped to this in forward (open_clip: 100); past it the
+            scale gets no gradient.
+        learn_scale: False freezes the scale (kept as a buffer-like parameter without grad).
+        gather_with_grad: gather other ranks' embeddings with gradient (exact; see module
+            doc). False gathers detached copies: cheaper, different gradient.
+        local_loss: score only this rank's rows against all columns (N x B per direction
+            instead of N x N). Same loss mean and, with gather_with_grad, the same gradient.
+        mask_duplicates: mask columns repeating the row's target item or the row's own item.
+        normalize: L2-normalise the embeddings before the dot products (cosine similarity).
+
+    forward(anchor_emb (B, d), positive_emb (B, d), anchor_ids (B,) int64,
+            positive_ids (B,) int64, weights (B,) float > 0 or None,
+            known_pairs: None | ``encode_pairs`` keys | (K, 2) id tensor)
+    returns dict(loss: scalar with grad, logit_scale: detached scalar,
+                 accuracy: detached scalar, the weighted fraction of rows of both directions
+                 whose target beats every unmasked column, over the global batch).
+
+    Does not do: hard-negative mining, a learnable bias (SigLIP), or queues of past batches.
+    """
+
+    def __init__(
+        self,
+        init_scale: float = 20.0,
+        max_scale: float = 100.0,
+        learn_scale: bool = True,
+        gather_with_grad: bool = True,
+        local_loss: bool = True,
+        mask_duplicates: bool = True,
+        normalize: bool = True,
+    ):
+        super().__init__()
+        if not 0 < init_scale <= max_scale:
+            raise ValueError(f"init_scale must be in (0, max_scale={max_scale}]; got {init_scale}")
+        self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)), requires_grad=learn_scale)
+        self.max_scale = float(max_scale)
+        self.gather_with_grad = gather_with_grad
+        self.local_loss = local_loss
+        self.mask_duplicates = mask_duplicates
+        self.normalize = normalize
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """The clamped scale exp(log_scale) used in forward."""
+        return self.log_scale.exp().clamp(max=self.max_scale)
+
+    def forward(self, anchor_emb, positive_emb, anchor_ids, positive_ids, weights=None, known_pairs=None):
+        b = anchor_emb.shape[0]
+        if positive_emb.shape[0] != b or anchor_ids.shape != (b,) or positive_ids.shape != (b,):
+            raise ValueError(
+                f"InfoNCELoss: expected anchor_emb/positive_emb (B, d) and ids (B,); got "
+                f"{tuple(anchor_emb.shape)}, {tuple(positive_emb.shape)}, "
+                f"{tuple(anchor_ids.shape)}, {tuple(positive_ids.shape)}"
+            )
+        if weights is None:
+            weights = anchor_emb.new_ones(b)
+        # Weights stay in >= float32 even under bf16 training (they only scale rows).
+        weights = weights.to(torch.promote_types(anchor_emb.dtype, torch.float32)).reshape(b)
+        if self.normalize:
+            anchor_emb = F.normalize(anchor_emb, dim=-1)
+            positive_emb = F.normalize(positive_emb, dim=-1)
+
+        info = world_info()
+        # Only embeddings need a device matching the backend; ids/weights follow them.
+        sizes = gather_sizes(b, anchor_emb.device)
+        start = sum(sizes[: info.rank])
+        gather = all_gather_with_grad if self.gather_with_grad else _gather_keep_local(start)
+        all_a = gather(anchor_emb, sizes)
+        all_p = gather(positive_emb, sizes)
+        all_aid = all_gather_no_grad(anchor_ids.to(anchor_emb.device, torch.int64), sizes)
+        all_pid = all_gather_no_grad(positive_ids.to(anchor_emb.device, torch.int64), sizes)
+        all_w = all_gather_no_grad(weights, sizes)
+
+        # Rows scored on this rank: its own slice (local_loss) or the whole global batch.
+        rows = slice(start, start + b) if self.local_loss else slice(0, all_a.shape[0])
+        # Logits in at least float32: a scale up to 100 on bf16 dot products loses the ranking.
+        dtype = torch.promote_types(all_a.dtype, torch.float32)
+        all_a, all_p, all_w = all_a.to(dtype), all_p.to(dtype), all_w.to(dtype)
+        scale = self.logit_scale.to(dtype)
+        logits_a2p = scale * all_a[rows] @ all_p.T  # (R, N): anchor row -> positive columns
+        logits_p2a = scale * all_p[rows] @ all_a.T  # (R, N): positive row -> anchor columns
+        target = torch.arange(rows.start, rows.stop, device=all_a.device)
+
+        # For p2a, row j is positive j and column i anchor i: the same tests with the two id
+        # lists swapped (the target of row j is anchor j).
+        mask_a2p = self._mask(all_aid, all_pid, rows, known_pairs)
+        mask_p2a = self._mask(all_pid, all_aid, rows, known_pairs)
+        if mask_a2p is not None:
+            logits_a2p = logits_a2p.masked_fill(mask_a2p, float("-inf"))
+        if mask_p2a is not None:
+            logits_p2a = logits_p2a.masked_fill(mask_p2a, float("-inf"))
+
+        w = all_w[rows]
+        ce = F.cross_entropy(logits_a2p, target, reduction="none") + F.cross_entropy(
+            logits_p2a, target, reduction="none"
+        )
+        total_w = all_w.sum()
+        # local_loss: W * this rank's share of the global sum, so the mean over ranks is L.
+        factor = info.world_size if self.local_loss else 1
+        loss = factor * (w * ce).sum() / (2 * total_w)
+
+        with torch.no_grad():
+            hits = (logits_a2p.argmax(1) == target).to(dtype) + (logits_p2a.argmax(1) == target).to(dtype)
+            weighted_hits = (w * hits).sum().reshape(1)
+            if self.local_loss:  # sum the other ranks' rows in too: accuracy of the global batch
+                weighted_hits = all_gather_no_grad(weighted_hits, [1] * info.world_size).sum()
+            accuracy = weighted_hits.sum() / (2 * total_w)
+        return {"loss": loss, "logit_scale": scale.detach(), "accuracy": accuracy}
+
+    def _mask(self, row_ids_all, col_ids_all, rows: slice, known_pairs):
+        """(R, N) bool: True where column j is not a negative for row i (never on the target).
+
+        ``row_ids_all`` are the ids of the row side (anchors for a2p), ``col_ids_all`` the ids
+        of the column side; the target of global row i is column i.
+        """
+        n = col_ids_all.shape[0]
+        row_ids = row_ids_all[rows]
+        row_target = col_ids_all[rows]
+        mask = torch.zeros(row_ids.shape[0], n, dtype=torch.bool, device=col_ids_all.device)
+        if self.mask_duplicates:
+            mask |= col_ids_all[None, :] == row_target[:, None]  # the target item again
+            mask |= col_ids_all[None, :] == row_ids[:, None]  # the row's own item
+        if known_pairs is not None:
+            keys = known_pairs
+            if not (torch.is_tensor(keys) and keys.dim() == 1):
+                keys = encode_pairs(keys)
+            keys = keys.to(col_ids_all.device)
+            # Keys hold both orders, so testing (row, col) covers (anchor, positive) either way.
+            cand = (row_ids[:, None] << 32) | col_ids_all[None, :]
+            mask |= torch.isin(cand, keys)
+        if not mask.any():
+            return None
+        local = torch.arange(mask.shape[0], device=mask.device)
+        mask[local, local + rows.start] = False  # the target itself is never masked
+        return mask
+
+
+def _gather_keep_local(start: int):
+    """open_clip's gather_with_grad=False: detached copies of other ranks, own slice with grad."""
+
+    def gather(t, sizes):
+        full = all_gather_no_grad(t, sizes)
+        if full.shape[0] == t.shape[0]:  # single process: nothing was gathered
+            return t
+        return torch.cat([full[:start], t, full[start + t.shape[0]:]], dim=0)
+
+    return gather

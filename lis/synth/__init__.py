@@ -1,0 +1,17 @@
+"""The simulated platform: a small but honest world whose truth is known.
+
+``simulate(preset, seed, out_dir)`` writes a data dir (catalogue, log, images) together with
+the hidden truth (item latents, per-session user tastes). Items have latent preference
+vectors clustered by category; their images and texts are rendered from the latent (except
+an uninformative share); users have drifting tastes, visit in sessions, and are shown items
+by a popularity-biased logging policy that partly knows their taste; engagement is a logistic
+function of taste . latent, popularity, user bias and noise. See :class:`SynthConfig` for
+every knob and ``PRESETS`` for the named sizes (tiny, demo, bench).
+
+Not modelled: position bias, item-item substitution within a session, seasonality, or
+feedback of past engagement into the policy (its popularity term is static).
+"""
+from lis.synth.config import PRESETS, SynthConfig, resolve
+from lis.synth.output import simulate, summarize
+
+__all__ = ["PRESETS", "SynthConfig", "resolve", "simulate", "summarize"]

@@ -1,0 +1,127 @@
+"""Parameters of the simulated platform, and the named presets.
+
+Every knob of the world lives in :class:`SynthConfig` (frozen, so a preset cannot be
+changed by accident; derive variants with :func:`dataclasses.replace`). Scales are in
+"latent units": item latents and user tastes have norm about 1, so ``taste . latent`` has a
+standard deviation of about ``1/sqrt(dim)`` before ``engagement_scale`` multiplies it.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from lis.errors import ConfigError
+
+# 2024-01-01T00:00:00Z: a fixed epoch so outputs never depend on the wall clock.
+DEFAULT_START = 1_704_067_200
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """One simulated platform: catalogue size, traffic, and how preference is generated.
+
+    Catalogue
+        n_items, n_categories, dim: item latents are ``0.6 * centre[category] + 0.8 * noise``
+        (both of norm ~1), so a category explains about a third of the latent: a weak but
+        real signal. ``late_item_share`` of the items are created while the log runs
+        (uniformly over 5%..95% of the span), so some items are first seen late (cold).
+    Content
+        image_size (square RGB PNG), vocab_size (pseudo-words, each with a direction in latent
+        space), word_temperature (lower = words more specific to the latent). A share
+        ``uninformative_share`` of the items gets content rendered from an unrelated random
+        latent: it looks the same but carries no preference information.
+    Traffic
+        n_users, n_sessions (spread over users by a log-normal activity), impressions_per_session
+        (mean; 1 + Poisson), days. Each session retrieves ``pool_size`` candidates from a
+        popularity-biased distribution (``exposure_bias``, plus ``fresh_boost`` for items
+        younger than a week) and the logging policy shows the top ones by a score that mixes
+        popularity and a partial, stale knowledge of the user's taste (``policy_relevance``,
+        ``policy_knowledge`` = correlation of the policy's taste estimate with the true one).
+    Engagement
+        logit = engagement_scale * taste(t) . latent + popularity_effect * popularity
+        + user bias (sd ``user_bias_sd``) + noise (sd ``logit_noise_sd``) + b0, where b0 is
+        solved so that the expected positive rate equals ``positive_rate``. Tastes drift as a
+        random walk whose total displacement over the whole span is ``taste_drift`` (norm).
+    Output
+        include_base_logit adds a ``base_logit`` column: the logging policy's own estimate
+        of the engagement logit (a stand-in for a production ranker's score).
+    """
+
+    name: str = "custom"
+    n_items: int = 2_000
+    n_categories: int = 12
+    dim: int = 16
+    late_item_share: float = 0.2
+    image_size: int = 64
+    vocab_size: int = 1_000
+    word_temperature: float = 0.25
+    uninformative_share: float = 0.15
+    n_users: int = 1_000
+    n_sessions: int = 10_000
+    impressions_per_session: float = 10.0
+    days: int = 60
+    pool_size: int = 50
+    exposure_bias: float = 1.0
+    fresh_boost: float = 1.5
+    policy_relevance: float = 3.0
+    policy_knowledge: float = 0.5
+    engagement_scale: float = 8.0
+    popularity_effect: float = 0.3
+    user_bias_sd: float = 0.5
+    logit_noise_sd: float = 0.5
+    taste_drift: float = 0.3
+    positive_rate: float = 0.1
+    include_base_logit: bool = False
+    start: int = DEFAULT_START
+
+    def __post_init__(self):
+        _check(self)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check(config: SynthConfig) -> None:
+    """Reject values that would make an empty or degenerate world (ConfigError names the field)."""
+    positive_ints = ("n_items", "n_categories", "dim", "image_size", "vocab_size", "n_users",
+                     "n_sessions", "days", "pool_size")
+    for field in positive_ints:
+        value = getattr(config, field)
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"synth config: field '{field}' must be a positive integer; got {value!r}.")
+    for field in ("late_item_share", "uninformative_share", "policy_knowledge"):
+        value = getattr(config, field)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"synth config: field '{field}' must lie in [0, 1]; got {value!r}.")
+    if not 0.0 < config.positive_rate < 1.0:
+        raise ConfigError(f"synth config: field 'positive_rate' must lie in (0, 1); got {config.positive_rate!r}.")
+    if config.impressions_per_session < 1:
+        raise ConfigError(
+            f"synth config: field 'impressions_per_session' must be >= 1; got {config.impressions_per_session!r}."
+        )
+    if config.vocab_size < 40:
+        raise ConfigError(f"synth config: field 'vocab_size' must be >= 40 (titles and descriptions draw up to 20 distinct words); got {config.vocab_size}.")
+    if config.image_size < 8:
+        raise ConfigError(f"synth config: field 'image_size' must be >= 8; got {config.image_size}.")
+
+
+PRESETS: dict[str, SynthConfig] = {
+    # Unit tests: ~200 items, ~5k impressions, 32-px images; simulates in well under 2 s.
+    "tiny": SynthConfig(name="tiny", n_items=200, n_categories=6, image_size=32, vocab_size=300,
+                        n_users=100, n_sessions=500),
+    # The product demo and the validity tests: ~2k items, ~100k impressions, 64-px images.
+    "demo": SynthConfig(name="demo"),
+    # Benchmarks: ~20k items, >= 1M impressions.
+    "bench": SynthConfig(name="bench", n_items=20_000, n_categories=24, vocab_size=2_000,
+                         n_users=10_000, n_sessions=102_000),
+}
+
+
+def resolve(preset_or_config) -> SynthConfig:
+    """A preset name or a :class:`SynthConfig` -> the config (ConfigError for unknown names)."""
+    if isinstance(preset_or_config, SynthConfig):
+        return preset_or_config
+    if isinstance(preset_or_config, str) and preset_or_config in PRESETS:
+        return PRESETS[preset_or_config]
+    raise ConfigError(
+        f"synth: unknown preset {preset_or_config!r}; choose one of {', '.join(PRESETS)} or pass a SynthConfig."
+    )

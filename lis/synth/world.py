@@ -1,0 +1,199 @@
+"""The hidden world: item latents, user tastes that drift, a logging policy, engagement.
+
+Everything here is numpy on index arrays; ids become strings only when the files are
+written. Each component draws from its own child of the seed (see :func:`streams`), so
+changing how one part is generated leaves the others' random numbers untouched.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lis.synth.config import SynthConfig
+
+DAY = 86_400
+
+# Child streams of the seed, by purpose. Append new purposes at the end: the position is
+# what seeds a stream, so reordering would change every existing world.
+STREAMS = ("items", "users", "sessions", "policy", "engagement", "content", "render")
+
+
+def streams(seed: int) -> dict[str, np.random.Generator]:
+    children = np.random.SeedSequence(int(seed)).spawn(len(STREAMS))
+    return {name: np.random.default_rng(child) for name, child in zip(STREAMS, children)}
+
+
+@dataclass
+class Items:
+    latent: np.ndarray       # (n, dim) float64, the truth
+    category: np.ndarray     # (n,) int
+    centres: np.ndarray      # (n_categories, dim)
+    popularity: np.ndarray   # (n,) standard normal: exposure and engagement both use it
+    created_at: np.ndarray   # (n,) int64 unix seconds
+    informative: np.ndarray  # (n,) bool: content rendered from the item's own latent
+    content_latent: np.ndarray  # (n, dim): what the renderer sees (a random latent if uninformative)
+
+
+@dataclass
+class Log:
+    """One row per impression, in non-decreasing time order."""
+
+    user: np.ndarray       # int
+    item: np.ndarray       # int
+    timestamp: np.ndarray  # int64 unix seconds
+    label: np.ndarray      # int8
+    session: np.ndarray    # int: sessions numbered by start time
+    base_logit: np.ndarray  # float32: the logging policy's own estimate of the logit
+    taste_dot: np.ndarray  # float: true taste(t) . latent, for the summary's ceiling AUC
+    session_taste: np.ndarray  # (n_sessions, dim): the user's taste during each session
+
+
+def _gaussian(rng, n, dim):
+    # Rows of norm ~1 whatever the dimension.
+    return rng.standard_normal((n, dim)) / np.sqrt(dim)
+
+
+def make_items(config: SynthConfig, rng: np.random.Generator) -> Items:
+    """Latents clustered by category, a popularity term, creation times, content latents."""
+    n, dim = config.n_items, config.dim
+    centres = _gaussian(rng, config.n_categories, dim)
+    category = rng.integers(0, config.n_categories, n)
+    latent = 0.6 * centres[category] + 0.8 * _gaussian(rng, n, dim)
+    popularity = rng.standard_normal(n)
+    span = config.days * DAY
+    # Most items exist before the log starts; a late share is created while it runs.
+    created_at = config.start - rng.integers(DAY, 365 * DAY, n)
+    late = rng.random(n) < config.late_item_share
+    created_at[late] = config.start + (rng.uniform(0.05, 0.95, late.sum()) * span).astype(np.int64)
+    informative = rng.random(n) >= config.uninformative_share
+    # Uninformative items are rendered from a fresh latent of the same distribution, so
+    # their content looks like everyone else's but says nothing about their preference.
+    decoy = 0.6 * centres[rng.integers(0, config.n_categories, n)] + 0.8 * _gaussian(rng, n, dim)
+    content_latent = np.where(informative[:, None], latent, decoy)
+    return Items(latent, category, centres, popularity, created_at.astype(np.int64), informative, content_latent)
+
+
+def make_users(config: SynthConfig, centres: np.ndarray, rng: np.random.Generator):
+    """Base tastes near 1-3 favourite category centres, a bias, an activity level, and the
+    policy's partial (stale, noisy) estimate of each taste."""
+    n, dim = config.n_users, config.dim
+    favourites = rng.integers(0, len(centres), (n, 3))
+    weights = rng.dirichlet(np.ones(3), n) * (rng.random((n, 3)) < [1.0, 0.5, 0.3])
+    weights /= weights.sum(axis=1, keepdims=True)
+    mix = np.einsum("uk,ukd->ud", weights, centres[favourites])
+    taste = 0.6 * mix / np.linalg.norm(mix, axis=1, keepdims=True) + 0.8 * _gaussian(rng, n, dim)
+    taste /= np.linalg.norm(taste, axis=1, keepdims=True)
+    bias = rng.normal(0.0, config.user_bias_sd, n)
+    activity = rng.lognormal(0.0, 0.8, n)
+    rho = config.policy_knowledge
+    guess = rho * taste + np.sqrt(1 - rho**2) * _gaussian(rng, n, dim)
+    return taste, bias, activity, guess
+
+
+def make_sessions(config: SynthConfig, activity: np.ndarray, base_taste: np.ndarray, rng: np.random.Generator):
+    """Session owners, start times (sorted), sizes, and the taste at each session.
+
+    Tastes follow a Brownian motion from the base taste: over the whole span the walk moves
+    a distance of about ``taste_drift``, so the past predicts the future, but less and less.
+    """
+    span = config.days * DAY
+    users = rng.choice(config.n_users, size=config.n_sessions, p=activity / activity.sum())
+    # Leave an hour at the end so a session's impressions stay inside the span.
+    start = rng.integers(0, span - 3600, config.n_sessions)
+    order = np.lexsort((start, users))  # by user, then time: the walk runs per user
+    users, start = users[order], start[order]
+    first = np.r_[True, users[1:] != users[:-1]]
+    elapsed = np.where(first, start, np.diff(start, prepend=0)).astype(np.float64)
+    steps = _gaussian(rng, config.n_sessions, config.dim) * (config.taste_drift * np.sqrt(elapsed / span))[:, None]
+    walk = np.cumsum(steps, axis=0)
+    # Restart the cumulative sum at each user's first session.
+    group_start = np.maximum.accumulate(np.where(first, np.arange(config.n_sessions), 0))
+    walk -= (walk - steps)[group_start]
+    taste = base_taste[users] + walk
+    sizes = 1 + rng.poisson(config.impressions_per_session - 1, config.n_sessions)
+    sizes = np.minimum(sizes, config.pool_size)
+    # Number sessions by start time (ties by owner), which is how session ids are assigned.
+    by_time = np.lexsort((users, start))
+    return users[by_time], config.start + start[by_time], sizes[by_time], taste[by_time]
+
+
+def exposure(config: SynthConfig, items: Items, session_start: np.ndarray, sizes: np.ndarray,
+             users: np.ndarray, guess: np.ndarray, rng: np.random.Generator, progress=None):
+    """The logging policy: retrieve a popularity-biased pool, show the top of a noisy ranking.
+
+    Retrieval draws ``pool_size`` candidates per session with probability proportional to
+    exp(exposure_bias * popularity + fresh_boost * [younger than 7 days]) among items created
+    before that day (exposure bias: popular items are shown more). Ranking scores
+    policy_relevance * guess . latent + popularity + Gumbel noise, where ``guess`` is the
+    policy's stale estimate of the taste. Returns (session index, position, item) per impression.
+    """
+    n_sessions, m = len(session_start), config.pool_size
+    day = (session_start - config.start) // DAY
+    pools = np.empty((n_sessions, m), dtype=np.int64)
+    for d in np.unique(day):
+        rows = np.flatnonzero(day == d)
+        day_start = config.start + int(d) * DAY
+        age = (day_start - items.created_at) / DAY
+        weight = np.exp(config.exposure_bias * items.popularity + config.fresh_boost * ((age >= 0) & (age < 7)))
+        weight[age < 0] = 0.0  # not created yet (items created during the day wait a day)
+        cdf = np.cumsum(weight)
+        draws = rng.random((len(rows), m)) * cdf[-1]
+        pools[rows] = np.minimum(np.searchsorted(cdf, draws, side="right"), len(cdf) - 1)
+        if progress is not None:
+            progress.update(len(rows))
+    pools.sort(axis=1)
+    duplicate = np.zeros(pools.shape, dtype=bool)
+    duplicate[:, 1:] = pools[:, 1:] == pools[:, :-1]
+    score = np.empty(pools.shape)
+    chunk = 20_000  # bounds the (chunk, m, dim) gather to ~128 MB
+    for lo in range(0, n_sessions, chunk):
+        hi = min(lo + chunk, n_sessions)
+        relevance = np.einsum("sd,smd->sm", guess[users[lo:hi]], items.latent[pools[lo:hi]])
+        score[lo:hi] = config.policy_relevance * relevance + items.popularity[pools[lo:hi]]
+    score += rng.gumbel(size=score.shape)
+    score[duplicate] = -np.inf
+    ranked = np.argsort(-score, axis=1, kind="stable")
+    shown = np.arange(m)[None, :] < sizes[:, None]
+    shown &= np.isfinite(np.take_along_axis(score, ranked, axis=1))
+    session_idx, position = np.nonzero(shown)
+    item = pools[session_idx, ranked[session_idx, position]]
+    return session_idx, position, item
+
+
+def solve_intercept(logits: np.ndarray, target: float) -> float:
+    """b0 such that mean(sigmoid(logits + b0)) == target (bisection; deterministic)."""
+    lo, hi = -30.0, 30.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        rate = np.mean(1.0 / (1.0 + np.exp(-(logits + mid))))
+        lo, hi = (mid, hi) if rate < target else (lo, mid)
+    return (lo + hi) / 2
+
+
+def simulate_log(config: SynthConfig, items: Items, rngs: dict, progress=None) -> Log:
+    """Users, sessions, exposure and engagement -> the impression log in time order."""
+    base_taste, bias, activity, guess = make_users(config, items.centres, rngs["users"])
+    users, start, sizes, taste = make_sessions(config, activity, base_taste, rngs["sessions"])
+    session, position, item = exposure(config, items, start, sizes, users, guess, rngs["policy"], progress)
+    rng = rngs["engagement"]
+    # Impressions within a session are a few seconds apart, in the policy's ranking order.
+    gaps = 1 + rng.exponential(14.0, len(session)).astype(np.int64)
+    gaps[position == 0] = 0
+    run = np.cumsum(gaps)
+    first_row = np.r_[0, np.flatnonzero(np.diff(session)) + 1]
+    run -= np.repeat(run[first_row], np.diff(np.r_[first_row, len(session)]))
+    timestamp = start[session] + run
+    user = users[session]
+    taste_dot = np.einsum("nd,nd->n", taste[session], items.latent[item])
+    logit = (config.engagement_scale * taste_dot + config.popularity_effect * items.popularity[item]
+             + bias[user] + rng.normal(0.0, config.logit_noise_sd, len(item)))
+    logit += solve_intercept(logit, config.positive_rate)
+    label = (rng.random(len(item)) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int8)
+    # The policy's own logit estimate: its stale taste guess, popularity, no user bias.
+    policy_dot = np.einsum("nd,nd->n", guess[user], items.latent[item])
+    base = config.engagement_scale * config.policy_knowledge * policy_dot + config.popularity_effect * items.popularity[item]
+    base += solve_intercept(base, config.positive_rate)
+    order = np.lexsort((position, session, timestamp))
+    return Log(user[order], item[order], timestamp[order].astype(np.int64), label[order], session[order],
+               base[order].astype(np.float32), taste_dot[order], taste.astype(np.float32))
