@@ -78,7 +78,7 @@ class ItemBatcher:
 
     def cut_text(self, item: dict) -> str:
         text = item.get("text")
-        text = "" if text is None else str(text)
+        text = "" if text is None or _is_missing(text) else str(text)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) <= self.max_text_tokens:
             return text
@@ -89,7 +89,7 @@ class ItemBatcher:
         from PIL import Image
 
         value, item_id = item.get("image"), item.get("item_id")
-        if value is None or (isinstance(value, float) and value != value):  # None or NaN from pandas
+        if value is None or _is_missing(value):
             if self.missing_image == "error":
                 raise DataError(f"item {item_id!r}: has no image and missing_image='error'.")
             return Image.new("RGB", self._blank_size(), BLANK_GREY)
@@ -127,6 +127,15 @@ def _open_image(value, item_id, base_dir):
         raise DataError(f"{name}: cannot decode the image of item {item_id!r} ({error}).") from None
 
 
+def _is_missing(value) -> bool:
+    """pandas hands out NaN, pd.NA or NaT for a null image cell, depending on the dtype."""
+    if isinstance(value, float):
+        return value != value
+    import pandas as pd
+
+    return value is pd.NA or value is pd.NaT
+
+
 def add_mm_token_type_ids(batch, processor) -> None:
     """Add ``mm_token_type_ids`` (1 at image tokens, else 0) to a Qwen2-VL style batch in place.
 
@@ -160,6 +169,8 @@ def items_from_catalogue(catalogue, ids=None, base_dir=None) -> list[dict]:
     items = []
     for row in rows.itertuples(index=False):
         image = row.image if has_image else None
+        if image is not None and _is_missing(image):
+            image = None
         if isinstance(image, str) and base_dir is not None:
             image = str(Path(base_dir) / image)
         items.append({"item_id": str(row.item_id), "text": row.text, "image": image})

@@ -77,7 +77,13 @@ class ItemEmbedder(nn.Module):
             self.gradient_checkpointing_enable()
 
     def gradient_checkpointing_enable(self) -> None:
-        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        # transformers 5.x renamed it (the old name warns, removal in v6); keep both working.
+        if hasattr(base, "activation_checkpointing_enable"):
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     def backbone(self) -> nn.Module:
         """The module that returns ``last_hidden_state``: the VLM without its LM head."""

@@ -27,12 +27,15 @@ each impression's window. Blocks of similar shape are padded into batches and ru
 ``torch.bmm``. All of this is index structure built once by :meth:`HistoryIndex.build` and reused
 for every table; a table costs one normalisation plus the batched products.
 
-Limits: features for impressions whose history spans more than ``2 * max_len`` engagements of
-the block's span are still exact (the block is split), only slower. Item ids are compared as
-strings.
+Limits: a block whose span would exceed ``2 * max_len`` engagements (a bursty heavy user) is
+split into smaller blocks, so results stay exact, only the padding grows. While features are
+computed torch is set to one intra-op thread (process-wide, restored afterwards) and the
+batches run on ``workers`` Python threads (default 2). Item ids are compared as strings.
+Memory: the index holds a boolean window mask of about n_targets x (max_len + 8) bytes.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,8 +59,7 @@ class _Batch:
 
     cand: torch.Tensor       # (nb, R) int64 candidate item codes
     span: torch.Tensor       # (nb, W) int64 item codes of the block's span of engaged items
-    lo: torch.Tensor         # (nb, R, 1) int32 window start within the span
-    hi: torch.Tensor         # (nb, R, 1) int32 window end (exclusive) within the span
+    window: torch.Tensor     # (nb, R, W) bool: span entry c is in row r's window (table-independent)
     rows: torch.Tensor       # (k,) int64 flat positions (in nb*R) of real (non-padding) rows
     dst: torch.Tensor        # (k,) int64 target index each real row writes to
 
@@ -71,8 +73,11 @@ class HistoryIndex:
     targets (e.g. to one cross-fitting fold) while sharing the engaged sequences.
     """
 
-    def __init__(self, *, item_ids, eng_item, max_len, rows, t_user, t_item, start, end, block_rows=32):
+    def __init__(self, *, item_ids, eng_item, max_len, rows, t_user, t_item, start, end, block_rows=32,
+                 workers=None):
         self.item_ids = item_ids
+        # Python threads sharing the batches; torch itself runs single-threaded (see _pooled).
+        self.workers = int(workers) if workers else min(2, os.cpu_count() or 1)
         self.max_len = int(max_len)
         self.block_rows = int(block_rows)
         self._eng_item = eng_item           # (E,) engaged item codes ordered by (user, time)
@@ -86,7 +91,7 @@ class HistoryIndex:
     # ------------------------------------------------------------------ construction
     @classmethod
     def build(cls, log: pd.DataFrame, target_mask=None, max_len: int = 50, block_rows: int = 32,
-              name: str = "log") -> "HistoryIndex":
+              name: str = "log", workers: int | None = None) -> "HistoryIndex":
         """Index the histories of the target rows of ``log`` (all rows when ``target_mask`` is None).
 
         ``log`` needs columns user_id, item_id, timestamp, label in non-decreasing time order.
@@ -101,8 +106,10 @@ class HistoryIndex:
         if n == 0:
             raise DataError(f"{name}: no rows; histories need at least one impression.")
         time_rank = _time_ranks(log["timestamp"].to_numpy(), name)
-        user, _ = pd.factorize(log["user_id"].astype(str), sort=False)
-        item, item_ids = pd.factorize(log["item_id"].astype(str), sort=False)
+        # Factorise raw values and stringify only the uniques (ids compare as strings with tables).
+        user, _ = pd.factorize(log["user_id"], sort=False)
+        item, item_uniques = pd.factorize(log["item_id"], sort=False)
+        item_ids = np.asarray(item_uniques).astype(str)
         labels = log["label"].to_numpy()
         engaged = np.flatnonzero(labels == 1)
         # Stable sort by user keeps time order inside each user: the engaged sequence.
@@ -118,9 +125,9 @@ class HistoryIndex:
         # 'left': engagements at the very same time are not history (the tie rule).
         end = np.searchsorted(eng_key, t_user * stride + time_rank[rows], "left")
         start = np.maximum(end - max_len, eng_ptr[t_user])
-        return cls(item_ids=np.asarray(item_ids, dtype=object), eng_item=item[eng].astype(np.int64),
+        return cls(item_ids=item_ids, eng_item=item[eng].astype(np.int64),
                    max_len=max_len, rows=rows, t_user=t_user, t_item=item[rows].astype(np.int64),
-                   start=start, end=end, block_rows=block_rows)
+                   start=start, end=end, block_rows=block_rows, workers=workers)
 
     def subset(self, target_mask) -> "HistoryIndex":
         """A new index over a subset of this index's targets (boolean mask over ``rows``)."""
@@ -129,7 +136,8 @@ class HistoryIndex:
             raise DataError(f"subset: mask must have one entry per target ({len(self.rows)}); got {keep.shape}.")
         return HistoryIndex(item_ids=self.item_ids, eng_item=self._eng_item, max_len=self.max_len,
                             rows=self.rows[keep], t_user=self._t_user[keep], t_item=self._t_item[keep],
-                            start=self._start[keep], end=self._end[keep], block_rows=self.block_rows)
+                            start=self._start[keep], end=self._end[keep], block_rows=self.block_rows,
+                            workers=self.workers)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -192,18 +200,22 @@ class HistoryIndex:
         else:   # nobody engaged with anything: every span is padding
             span = np.full(span_pos.shape, sentinel, dtype=np.int64)
         flat = np.flatnonzero(real.ravel())
-        return _Batch(cand=torch.from_numpy(cand), span=torch.from_numpy(span),
-                      lo=torch.from_numpy(lo.astype(np.int32))[..., None],
-                      hi=torch.from_numpy(hi.astype(np.int32))[..., None],
+        cols = np.arange(W)[None, None, :]
+        window = (cols >= lo[..., None]) & (cols < hi[..., None])
+        return _Batch(cand=torch.from_numpy(cand), span=torch.from_numpy(span), window=torch.from_numpy(window),
                       rows=torch.from_numpy(flat), dst=torch.from_numpy(order[pos].ravel()[flat]))
 
     # ------------------------------------------------------------------ per table
     def features(self, table, tau: float = DEFAULT_TAU) -> np.ndarray:
         """(n_targets, 3) float32 cosine features (max, mean, attention) of an ``EmbeddingTable``."""
         vectors, present = self._item_vectors(table)
+        scaled = vectors / tau                     # sim / tau straight out of the product
 
         def cosine(batch: _Batch) -> torch.Tensor:
-            return torch.bmm(vectors[batch.cand], vectors[batch.span].transpose(1, 2))
+            nb, R = batch.cand.shape
+            cand = scaled.index_select(0, batch.cand.reshape(-1)).view(nb, R, -1)
+            span = vectors.index_select(0, batch.span.reshape(-1)).view(nb, batch.span.shape[1], -1)
+            return torch.bmm(cand, span.transpose(1, 2))
 
         return self._pooled(cosine, present, tau)
 
@@ -235,7 +247,8 @@ class HistoryIndex:
             item_pos = lookup.get_indexer(self.item_ids.astype(str)).astype(np.int64)
         item_pos = np.append(item_pos, -1)                    # the padding sentinel is missing
         present = torch.from_numpy(item_pos >= 0)
-        indptr, indices, data = csr.indptr.astype(np.int64), csr.indices.astype(np.int64), csr.data
+        indptr, indices = csr.indptr.astype(np.int64), csr.indices.astype(np.int64)
+        data = csr.data / np.float32(tau)          # sim / tau, as the pooling expects
 
         def pair(batch: _Batch) -> torch.Tensor:
             return torch.from_numpy(_pair_block_sims(item_pos[batch.cand.numpy()], item_pos[batch.span.numpy()],
@@ -283,37 +296,61 @@ class HistoryIndex:
         return torch.from_numpy(out), torch.from_numpy(present)
 
     def _pooled(self, similarity, present: torch.Tensor, tau: float) -> np.ndarray:
-        """Run ``similarity(batch) -> (nb, R, W)`` on every batch and pool each window."""
+        """Run ``similarity(batch) -> (nb, R, W)`` (already / tau) on every batch and pool each window.
+
+        Batches are small (cache-sized), where torch's intra-op threads cost more than they give
+        (on a busy 2-core machine 2 intra-op threads were 15x slower), so torch runs
+        single-threaded and the batches are shared among ``self.workers`` Python threads
+        (torch releases the GIL inside each op). Batches write disjoint output rows.
+        """
         out = torch.zeros((len(self.rows), 3), dtype=torch.float32)
-        with torch.no_grad():
-            for batch in self._batches:
-                sims = similarity(batch)
-                cols = torch.arange(sims.shape[2], dtype=torch.int32)
-                valid = (cols >= batch.lo) & (cols < batch.hi) & present[batch.span][:, None, :]
-                pooled = pool_windows(sims, valid, tau).reshape(-1, 3)
-                out[batch.dst] = pooled[batch.rows]
+
+        def run(batches):
+            with torch.no_grad():
+                for batch in batches:
+                    nb, _, W = batch.window.shape
+                    usable = present.index_select(0, batch.span.reshape(-1)).view(nb, 1, W)
+                    pooled = pool_windows(similarity(batch), batch.window & usable, tau).reshape(-1, 3)
+                    out[batch.dst] = pooled[batch.rows]
+
+        workers = max(1, min(self.workers, len(self._batches)))
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            if workers == 1:
+                run(self._batches)
+            else:
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(workers) as pool:
+                    list(pool.map(run, [self._batches[k::workers] for k in range(workers)]))
+        finally:
+            torch.set_num_threads(previous)
         result = out.numpy()
         result[~present.numpy()[self._t_item]] = 0.0            # a missing candidate has no similarity
         return result
 
 
-def pool_windows(sims: torch.Tensor, valid: torch.Tensor, tau: float = DEFAULT_TAU) -> torch.Tensor:
+def pool_windows(scaled: torch.Tensor, valid: torch.Tensor, tau: float = DEFAULT_TAU) -> torch.Tensor:
     """Pool similarities over the last axis where ``valid``: (..., W) -> (..., 3) max, mean, attention.
 
-    Attention = sum softmax(sims / tau) * sims over the valid entries (max-subtracted, so large
-    pair weights do not overflow). Rows with no valid entry pool to zeros.
+    ``scaled`` holds similarity / tau (callers fold 1/tau into the candidate vectors or the pair
+    weights, saving a pass). Attention = sum softmax(sim / tau) * sim over the valid entries,
+    max-subtracted so large pair weights cannot overflow. Rows with no valid entry pool to zeros.
+    Written as few full passes over the (..., W) tensor as possible: this is the hot loop.
     """
-    masked = sims.masked_fill(~valid, float("-inf"))
+    masked = scaled.masked_fill(~valid, float("-inf"))
     top = masked.amax(dim=-1)
-    count = valid.sum(dim=-1)
+    weights_valid = valid.to(scaled.dtype)
+    count = weights_valid.sum(dim=-1)
     empty = count == 0
-    safe_top = torch.where(empty, torch.zeros_like(top), top)
-    weights = torch.exp((masked - safe_top[..., None]) / tau)   # exp(-inf) = 0 outside the window
-    total = weights.sum(dim=-1)
-    attention = (weights * sims).sum(dim=-1) / torch.where(empty, torch.ones_like(total), total)
-    mean = torch.where(valid, sims, torch.zeros_like(sims)).sum(dim=-1) / count.clamp(min=1)
-    pooled = torch.stack((safe_top, mean, attention), dim=-1)
-    return pooled.masked_fill(empty[..., None], 0.0)
+    top.masked_fill_(empty, 0.0)
+    weights = masked.sub_(top[..., None]).exp_()                # exp(-inf) = 0 outside the window
+    total = weights.sum(dim=-1).masked_fill_(empty, 1.0)
+    attention = torch.linalg.vecdot(weights, scaled) / total
+    mean = torch.linalg.vecdot(scaled, weights_valid) / count.clamp(min=1.0)
+    pooled = torch.stack((top, mean, attention), dim=-1).mul_(tau)
+    return pooled.masked_fill_(empty[..., None], 0.0)
 
 
 def similarity_features(index: HistoryIndex, table, tau: float = DEFAULT_TAU) -> np.ndarray:

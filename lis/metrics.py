@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from lis.errors import DataError
+from lis.errors import DataError, describe_value
 
 GAUC_WEIGHTINGS = ("users", "impressions")
 
@@ -42,7 +42,7 @@ def _check_inputs(labels, scores, what: str) -> tuple[np.ndarray, np.ndarray]:
         bad = (labels != 0) & (labels != 1)
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise DataError(f"{what}: labels must be 0 or 1; row {row} holds {labels[row]!r}.")
+            raise DataError(f"{what}: labels must be 0 or 1; row {row} holds {describe_value(labels[row].item())}.")
         labels = labels == 1
     nan = np.isnan(scores)
     if nan.any():
@@ -58,7 +58,7 @@ def _user_codes(users, n: int, what: str) -> tuple[np.ndarray, int]:
     codes, uniques = pd.factorize(users)
     if (codes < 0).any():
         row = int(np.flatnonzero(codes < 0)[0])
-        raise DataError(f"{what}: users must not be missing; row {row} holds {users[row]!r}.")
+        raise DataError(f"{what}: users must not be missing; row {row} holds {describe_value(users[row])}.")
     return codes.astype(np.int64), len(uniques)
 
 

@@ -8,6 +8,9 @@ the root on sys.path, so ``tests`` imports as a namespace package):
     rc, out, err = launch_two_procs("tests/align/dist_scripts/check_world.py", ["--flag", "1"])
     rows = parse_results(out)  # the JSON objects the script printed as "RESULT {...}" lines
 
+and in the launched script, ``print_result({"rank": ..., ...})`` on every rank (it prints the
+ranks one after the other, so long lines from two processes do not interleave).
+
 ``launch_two_procs`` raises ``DistLaunchError`` (with the command and the tail of stderr) when
 the launch fails or times out, so a test only checks what the script computed. The launched
 script must build ``Accelerator(cpu=True)`` (see accelerate_configs/cpu_2proc.yaml for why),
@@ -102,6 +105,26 @@ def launch_two_procs(script, args=(), config="cpu_2proc", timeout=300.0, env=Non
     return proc.returncode, out, err
 
 
+def print_result(obj: dict, tag: str = "RESULT") -> None:
+    """Print ``TAG {json}`` from every rank, one rank at a time (call it on every rank).
+
+    Lines longer than the pipe's atomic write size (4 KiB) from two processes sharing one
+    stdout interleave mid-line and no longer parse; a barrier between ranks keeps them whole.
+    Launched scripts import it as ``from tests.helpers_dist import print_result`` (the
+    launcher puts the repository root on PYTHONPATH).
+    """
+    import torch.distributed as dist
+
+    line = f"{tag} {json.dumps(obj)}"
+    if not (dist.is_available() and dist.is_initialized()):
+        print(line, flush=True)
+        return
+    for r in range(dist.get_world_size()):
+        if r == dist.get_rank():
+            print(line, flush=True)
+        dist.barrier()
+
+
 def parse_results(stdout: str, tag: str = "RESULT") -> list[dict]:
     """The JSON objects printed as ``TAG {...}`` lines, sorted by their "rank" key if present."""
     rows = [json.loads(line[len(tag) + 1:]) for line in stdout.splitlines() if line.startswith(tag + " ")]
@@ -109,4 +132,9 @@ def parse_results(stdout: str, tag: str = "RESULT") -> list[dict]:
 
 
 def _tail(text: str, lines: int = 40) -> str:
-    return "\n".join((text or "").splitlines()[-lines:])
+    """The last lines, preceded by every distinct line naming an error: torchrun's failure
+    summary is long enough to push a worker's actual exception out of a plain tail."""
+    all_lines = (text or "").splitlines()
+    errors = list(dict.fromkeys(ln for ln in all_lines if "Error" in ln and "elastic" not in ln))
+    head = ["(error lines)", *errors[:10], "(last lines)"] if errors else []
+    return "\n".join(head + all_lines[-lines:])

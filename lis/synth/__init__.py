@@ -12,6 +12,15 @@ Not modelled: position bias, item-item substitution within a session, seasonalit
 feedback of past engagement into the policy (its popularity term is static).
 """
 from lis.synth.config import PRESETS, SynthConfig, resolve
-from lis.synth.output import simulate, summarize
 
 __all__ = ["PRESETS", "SynthConfig", "resolve", "simulate", "summarize"]
+
+
+def __getattr__(name):
+    # simulate/summarize pull in numpy and pyarrow; importing them lazily keeps the CLI's
+    # parser (which only needs the preset names) instant.
+    if name in ("simulate", "summarize"):
+        from lis.synth import output
+
+        return getattr(output, name)
+    raise AttributeError(f"module 'lis.synth' has no attribute {name!r}")

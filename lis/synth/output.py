@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import datetime as _dt
-import os
+import json
 from pathlib import Path
 
 import numpy as np
 
-from lis.atomic import atomic_path, write_json
+from lis.atomic import atomic_path, write_bytes, write_json
 from lis.errors import DataError
 from lis.synth.config import SynthConfig, resolve
-from lis.synth.render import ImageRenderer, TextRenderer
+from lis.synth.render import ImageRenderer, TextRenderer, encode_png
 from lis.synth.world import DAY, Items, Log, make_items, simulate_log, streams
 
 CATEGORY_NAMES = ("art", "books", "beauty", "cars", "crafts", "fashion", "fitness", "food", "games",
@@ -90,7 +90,6 @@ def _bar(progress: bool, total: int, unit: str):
 def _write_catalogue(out: Path, config: SynthConfig, items: Items, rngs: dict, progress: bool):
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from PIL import Image
 
     n = config.n_items
     text = TextRenderer(config.dim, config.vocab_size, config.word_temperature, rngs["render"]).render(
@@ -102,9 +101,8 @@ def _write_catalogue(out: Path, config: SynthConfig, items: Items, rngs: dict, p
     with _bar(progress, n, "images") as bar:
         for lo in range(0, n, IMAGE_CHUNK):
             pixels = renderer.render(items.content_latent[lo:lo + IMAGE_CHUNK], rngs["content"])
-            for k, array in enumerate(pixels):
-                # compress_level=1: PNG encoding dominates otherwise; files stay small anyway.
-                Image.fromarray(array, "RGB").save(images / f"{ids[lo + k]}.png", compress_level=1)
+            for k, data in enumerate(encode_png(pixels)):
+                (images / f"{ids[lo + k]}.png").write_bytes(data)
             if bar is not None:
                 bar.update(len(pixels))
     names = np.array([CATEGORY_NAMES[c % len(CATEGORY_NAMES)] + ("" if c < len(CATEGORY_NAMES) else f"_{c}")
@@ -117,7 +115,8 @@ def _write_catalogue(out: Path, config: SynthConfig, items: Items, rngs: dict, p
         "created_at": pa.array(items.created_at, pa.int64()),
     })
     pq.write_table(table, out / "catalogue.parquet")
-    return table.to_pandas()
+    # catalogue_hash only iterates the two columns; numpy arrays spare importing pandas.
+    return {"item_id": ids.astype(str), "text": np.array(text, dtype=str)}
 
 
 def _write_log(out: Path, config: SynthConfig, log: Log) -> None:
@@ -146,6 +145,23 @@ def _write_truth(out: Path, config: SynthConfig, items: Items, log: Log, catalog
     save_embeddings(out / "users_truth.safetensors", EmbeddingTable(
         list(_ids("s", config.n_sessions)), log.session_taste,
         make_manifest(config.dim, "truth-taste", model="synth-truth")))
+    for name in ("truth.safetensors", "users_truth.safetensors"):
+        _canonical_header(out / name)
+
+
+def _canonical_header(path: Path) -> None:
+    """Rewrite a safetensors header with sorted keys so equal tables give equal bytes.
+
+    safetensors serialises the header metadata from a hash map, so the order of ``ids`` and
+    ``manifest`` changes from process to process; byte-identical worlds need a fixed order.
+    The tensor bytes are untouched; the header stays compact JSON padded to 8 bytes.
+    """
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    write_bytes(path, len(text).to_bytes(8, "little") + text + data[8 + size:])
 
 
 def summarize(config: SynthConfig, items: Items, log: Log) -> dict:
@@ -158,7 +174,7 @@ def summarize(config: SynthConfig, items: Items, log: Log) -> dict:
         "items": config.n_items,
         "categories": config.n_categories,
         "users": int(len(np.unique(log.user))),
-        "sessions": config.n_sessions,
+        "sessions": int(len(np.unique(log.session))),
         "impressions": int(len(log.item)),
         "positive_rate": round(float(log.label.mean()), 6),
         "first_timestamp": _iso(first),
@@ -176,12 +192,13 @@ def _iso(seconds: int) -> str:
 
 
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Rank AUC with tie-averaged ranks (the evaluator's metrics module is not a dependency)."""
-    from scipy.stats import rankdata
-
+    """Rank AUC with tie-averaged ranks (kept local: the metrics module is not a dependency)."""
     pos = labels.astype(bool)
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    ranks = rankdata(scores)
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    # Average 1-based rank of each distinct value: the ranks its ties would share.
+    upper = np.cumsum(counts)
+    ranks = (upper - (counts - 1) / 2.0)[inverse]
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

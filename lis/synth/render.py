@@ -17,6 +17,9 @@ information, but mostly in directions a randomly initialised model does not look
 """
 from __future__ import annotations
 
+import struct
+import zlib
+
 import numpy as np
 
 from lis.synth.config import SynthConfig
@@ -56,11 +59,11 @@ class ImageRenderer:
     """
 
     # Amplitudes in logit space (before the sigmoid), chosen so that the signal carries about
-    # a sixth of the pixel variance: raw-pixel similarity is then close to chance while a
+    # a tenth of the pixel variance: raw-pixel similarity is then close to chance while a
     # linear probe still recovers much of the latent.
     COLOUR_SD = 0.7
     LOW_SD = 0.7
-    SIGNAL_AMP = 0.35
+    SIGNAL_AMP = 0.2
     MID_NOISE_SD = 0.05
     TEXTURE_AMP = 0.35
     PIXEL_NOISE_SD = 0.1
@@ -119,7 +122,7 @@ class ImageRenderer:
 class TextRenderer:
     """Renders latents into ``"Title words. description words."`` strings."""
 
-    FILLER_SHARE = 0.4
+    FILLER_SHARE = 0.5
 
     def __init__(self, dim: int, vocab_size: int, temperature: float, rng: np.random.Generator):
         self.words = np.array(vocabulary(vocab_size), dtype=object)
@@ -147,3 +150,26 @@ class TextRenderer:
             desc = [FILLER[filler_word[i, k]] if filler_slot[i, k] else next(informative) for k in range(n_desc[i])]
             texts.append(f"{title}. {' '.join(desc)}.")
         return texts
+
+
+def encode_png(pixels: np.ndarray, level: int = 1) -> list[bytes]:
+    """(n, h, w, 3) uint8 -> n PNG files (8-bit RGB), filtered in one vectorised step.
+
+    A minimal, standard PNG writer: every row uses filter type 2 ("Up": the difference from
+    the row above), which suits these smooth images; only zlib runs per image. It matched
+    PIL's file size at about a quarter of PIL's time (PIL tries filters per row), and PNG
+    encoding is what dominates writing a large catalogue. Deterministic: no time chunks.
+    """
+    n, h, w, _ = pixels.shape
+    rows = pixels.reshape(n, h, w * 3)
+    raw = np.empty((n, h, w * 3 + 1), dtype=np.uint8)
+    raw[:, :, 0] = 2
+    raw[:, 0, 1:] = rows[:, 0]
+    raw[:, 1:, 1:] = rows[:, 1:] - rows[:, :-1]  # uint8 arithmetic wraps modulo 256, as PNG wants
+    header = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+    end = _chunk(b"IEND", b"")
+    return [header + _chunk(b"IDAT", zlib.compress(image.tobytes(), level)) + end for image in raw]
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))

@@ -161,6 +161,13 @@ def exposure(config: SynthConfig, items: Items, session_start: np.ndarray, sizes
     return session_idx, position, item
 
 
+def _first_occurrence(key, *time_order) -> np.ndarray:
+    """Sorted row indices of the first row (in ``time_order``, lexicographic) of each key."""
+    order = np.lexsort(tuple(reversed(time_order)))
+    _, first = np.unique(key[order], return_index=True)
+    return np.sort(order[first])
+
+
 def solve_intercept(logits: np.ndarray, target: float) -> float:
     """b0 such that mean(sigmoid(logits + b0)) == target (bisection; deterministic)."""
     lo, hi = -30.0, 30.0
@@ -185,6 +192,11 @@ def simulate_log(config: SynthConfig, items: Items, rngs: dict, progress=None) -
     run -= np.repeat(run[first_row], np.diff(np.r_[first_row, len(session)]))
     timestamp = start[session] + run
     user = users[session]
+    # The feed never shows a user an item twice: keep each (user, item)'s first impression.
+    # Without this, random vectors would "predict" engagement by recognising a re-shown
+    # item that the user engaged before (cosine 1 with itself), which no content model should.
+    first = _first_occurrence(user * np.int64(config.n_items) + item, timestamp, session, position)
+    session, position, item, timestamp, user = (a[first] for a in (session, position, item, timestamp, user))
     taste_dot = np.einsum("nd,nd->n", taste[session], items.latent[item])
     logit = (config.engagement_scale * taste_dot + config.popularity_effect * items.popularity[item]
              + bias[user] + rng.normal(0.0, config.logit_noise_sd, len(item)))

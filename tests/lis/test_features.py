@@ -35,11 +35,12 @@ def random_table(seed: int, n_items: int = 25, dim: int = 8, drop=(3, 7, 11)) ->
 
 def reference_histories(log: pd.DataFrame, rows: np.ndarray, max_len: int) -> list[list[str]]:
     """For each target row: the user's last max_len engaged items strictly before its time."""
+    users, items = log.user_id.to_numpy(), log.item_id.to_numpy()
+    times, labels = log.timestamp.to_numpy(), log.label.to_numpy()
     out = []
     for row in rows:
-        user, time = log.user_id.iat[row], log.timestamp.iat[row]
-        earlier = log[(log.user_id == user) & (log.timestamp < time) & (log.label == 1)]
-        out.append(list(earlier.item_id)[-max_len:] if max_len else [])
+        earlier = (users == users[row]) & (times < times[row]) & (labels == 1)
+        out.append(list(items[earlier])[-max_len:])
     return out
 
 

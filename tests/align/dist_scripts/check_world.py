@@ -2,10 +2,11 @@
 
 Launched by tests/align/test_distributed_loss.py through tests/helpers_dist.launch_two_procs.
 """
-import json
 import os
 
 from accelerate import Accelerator
+
+from tests.helpers_dist import print_result  # the launcher puts the repo root on PYTHONPATH
 
 
 def main():
@@ -19,7 +20,7 @@ def main():
         "distributed_type": str(acc.distributed_type),
         "pid": os.getpid(),
     }
-    print("RESULT " + json.dumps(info), flush=True)
+    print_result(info)
     acc.wait_for_everyone()
 
 

@@ -1,43 +1,75 @@
 """Two optimiser steps of a tiny model under accelerate + DeepSpeed on CPU; prints RESULT per rank.
 
-Launched with accelerate_configs/deepspeed_zero{2,3}_cpu.yaml through launch_two_procs.
-Prints the rank, world size, backend, ZeRO stage, the losses and a checksum of the full
-(gathered) parameters after the steps, which must agree across ranks.
+Launched with accelerate_configs/deepspeed_zero{2,3}_cpu.yaml through launch_two_procs. Each
+rank prints its rank, world size, backend, ZeRO stage, losses and the full (gathered)
+parameters after the steps; the test checks they agree across ranks and with
+``reference_params`` (one process, the whole global batch, the same clipping and AdamW).
 """
-import json
 import time
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from tests.helpers_dist import print_result  # the launcher puts the repo root on PYTHONPATH
+
+STEPS, BATCH, LR, CLIP = 2, 4, 1e-2, 1.0
+
+
+def build_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+
+
+def dataset():
+    return TensorDataset(torch.randn(64, 8, generator=torch.Generator().manual_seed(1)))
+
+
+def reference_params(world_size=2):
+    """Single process: step k sees the world_size micro-batches the ranks saw, averaged."""
+    model = build_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=LR)
+    x_all = dataset().tensors[0]
+    for k in range(STEPS):
+        # accelerate shards by batches: rank r of step k gets batch k * world_size + r.
+        x = x_all[k * world_size * BATCH:(k + 1) * world_size * BATCH]
+        model(x).pow(2).mean().backward()  # mean over the global batch = average of rank means
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        opt.step()
+        opt.zero_grad()
+    return [p.detach().double().flatten().tolist() for p in model.parameters()]
 
 
 def main():
+    import deepspeed
+    import torch.distributed as dist
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
     t0 = time.time()
-    torch.manual_seed(0)
-    # Built before the Accelerator: under ZeRO-3 an Accelerator created first would make
-    # DeepSpeed partition parameters at construction (zero.Init), which this tiny model skips.
-    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    # Built before the Accelerator: under ZeRO-3, creating the Accelerator first lets
+    # DeepSpeed's zero.Init partition parameters during construction, and a model built
+    # outside that context afterwards is the documented, simplest path.
+    model = build_model()
     # gloo: DeepSpeed's CPU accelerator would otherwise pick "ccl" (oneCCL), not installed.
     acc = Accelerator(kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)  # torch's: no DeepSpeed op to compile
-    model, opt = acc.prepare(model, opt)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR)  # torch's: no DeepSpeed op to compile
+    # DeepSpeed needs a micro batch size: accelerate takes it from a prepared DataLoader.
+    loader = DataLoader(dataset(), batch_size=BATCH)
+    model, opt, loader = acc.prepare(model, opt, loader)  # the loader shards batches per rank
 
-    g = torch.Generator().manual_seed(100 + acc.process_index)  # different data per rank
     losses = []
-    for _ in range(2):
-        x = torch.randn(4, 8, generator=g)
+    for _, (x,) in zip(range(STEPS), loader):
         loss = model(x).pow(2).mean()
         acc.backward(loss)
         opt.step()
         opt.zero_grad()
         losses.append(loss.item())
 
-    import torch.distributed as dist
-
-    full = acc.get_state_dict(model)  # gathers ZeRO-3 partitions (collective: every rank calls it)
-    checksum = [float(v.double().sum()) for k, v in sorted(full.items())] if full else None
+    # ZeRO-3 partitions parameters across ranks: gather them (a no-op under ZeRO-2).
+    params = list(model.parameters())
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        full = [p.detach().double().flatten().tolist() for p in params]
     res = {
         "rank": acc.process_index,
         "world_size": acc.num_processes,
@@ -45,10 +77,10 @@ def main():
         "distributed_type": str(acc.distributed_type),
         "zero_stage": acc.state.deepspeed_plugin.zero_stage,
         "losses": losses,
-        "checksum": checksum,
+        "params": full,
         "seconds": time.time() - t0,
     }
-    print("RESULT " + json.dumps(res), flush=True)
+    print_result(res)
     acc.wait_for_everyone()
 
 

@@ -15,6 +15,14 @@ ANCHOR_IDS = [0, 1, 2, 3, 4, 5, 6, 2, 8, 9]
 POSITIVE_IDS = [10, 11, 10, 12, 3, 13, 14, 10, 15, 16]  # 10 thrice, anchor 3 is positive of row 4
 KNOWN = [(0, 12), (5, 16), (8, 11)]  # (anchor, positive) pairs that cross the rank boundary
 
+# Distributed cases run by dist_loss.py: rows per rank and InfoNCELoss options.
+CASES = {
+    "with_grad_local": {"sizes": [5, 5], "loss": {}},
+    "with_grad_global": {"sizes": [5, 5], "loss": {"local_loss": False}},
+    "with_grad_unequal": {"sizes": [6, 4], "loss": {}},
+    "no_grad_local": {"sizes": [5, 5], "loss": {"gather_with_grad": False}},
+}
+
 
 class Model(nn.Module):
     """Encoder + loss in one module, so DDP averages the temperature's gradient too."""

@@ -1,0 +1,282 @@
+"""Publish a training run's best adapter to the Hugging Face Hub, after proving it reloads.
+
+Three steps, each usable alone:
+
+* :func:`assemble` copies what a user needs out of ``RUN_DIR/best`` (PEFT adapter, projection
+  head, processor files) plus ``lis_report.json``, ``lis_curve.png``, ``lis_align.json`` (how to
+  rebuild the embedder) and a model card (``README.md``) into ``RUN_DIR/publish``, atomically.
+  Files are *whitelisted*: trainer state, optimizer files and ``training_args.bin`` (which can
+  hold a Hub token) never reach the folder.
+* :func:`verify` reloads that folder from scratch (fresh base model, ``PeftModel.from_pretrained``,
+  head and processor from the folder) and refuses it unless it reproduces the run's best
+  embeddings (``best/embeddings.safetensors``) on ``n_probe`` catalogue items, cosine >= 0.999 each.
+* :func:`publish` runs both, then creates the repo and uploads the folder with ``HfApi``.
+
+The token (argument, ``HF_TOKEN`` or the cached login) only ever travels in ``HfApi``'s
+Authorization header: it is never logged, returned or written.
+
+RUN_DIR layout read here (written by the trainer): ``run.json`` (``base_model``, ``family``,
+``best_step``, ``best_metric``, ``recipe``, ``data`` with ``data_dir``/``builder``/``n_pairs``/
+``n_items``/``windows``; optional ``base_model_id``, the Hub id of a local base), ``best/``
+(adapter, head, processor files, ``embeddings.safetensors``), ``lis_report.json``, ``lis_curve.png``.
+
+Limits: one adapter per repo, uploaded to the default branch in one commit (no pull requests,
+no revisions); verification embeds on CPU unless CUDA is present and needs the catalogue of
+``run.json``'s ``data_dir`` (relative paths resolve against the working directory, then RUN_DIR).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from align.embedder import HEAD_CONFIG, HEAD_WEIGHTS
+from lis.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+HEAD_FILES = (HEAD_WEIGHTS, HEAD_CONFIG)
+# What processor.save_pretrained writes across families; copied when present.
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
+                   "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "merges.txt", "tokenizer.model", "chat_template.json", "chat_template.jinja")
+REPORT_FILES = ("lis_report.json", "lis_curve.png")
+OPTIONAL_REPORT_FILES = ("lis_report.md",)
+CONFIG_NAME = "lis_align.json"
+EMBEDDINGS = "embeddings.safetensors"
+MIN_COSINE = 0.999
+NO_TOKEN = "no Hugging Face token found: set HF_TOKEN or run `huggingface-cli login` (or pass --dry-run)."
+
+
+def read_run(run_dir) -> dict:
+    """``run.json`` of a training run, with its required fields checked."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise DataError(f"{path}: run.json not found; is {run_dir} a lis-align training run folder?")
+    try:
+        run = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: not valid JSON ({error}).") from None
+    for key in ("base_model", "best_step", "data"):
+        if key not in run:
+            raise DataError(f"run.json: field '{key}' is missing (in {path}).")
+    if str(run["base_model"]).startswith("tiny:"):
+        raise DataError(f"run.json: field 'base_model' is {run['base_model']!r}; it must name the folder the "
+                        "tiny model was built in (or a Hub id) so the adapter can be reloaded.")
+    return run
+
+
+def assemble(run_dir, out_dir=None, repo_id: str | None = None) -> Path:
+    """Build the repo folder (default ``RUN_DIR/publish``) atomically and return its path.
+
+    A missing required file is a DataError naming it; an existing folder is replaced whole.
+    """
+    from align.model_card import hub_base_model, render_card
+
+    run_dir = Path(run_dir)
+    run = read_run(run_dir)
+    best = run_dir / "best"
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "publish"
+    required = [best / name for name in ADAPTER_FILES + HEAD_FILES] + [run_dir / name for name in REPORT_FILES]
+    for path in required:
+        if not path.is_file():
+            raise DataError(f"{path.name}: required file not found in {path.parent} (needed to publish the run).")
+    processor_files = [best / name for name in PROCESSOR_FILES if (best / name).is_file()]
+    if not any(p.name in ("tokenizer_config.json", "tokenizer.json") for p in processor_files):
+        raise DataError(f"tokenizer_config.json: no processor/tokenizer files in {best}; save the processor "
+                        "with the best checkpoint.")
+    report = json.loads((run_dir / "lis_report.json").read_text())
+    head = json.loads((best / HEAD_CONFIG).read_text())
+    base_name = hub_base_model(run) or Path(str(run["base_model"])).name
+    given = (run.get("data") or {}).get("data_dir")
+    if given and any((d / "synth.json").is_file() for d in (Path(given), run_dir / given)):
+        run["data"]["simulated"] = True  # lis-align synth wrote this data dir: the card says so
+    config = {"base_model": base_name, "family": run.get("family") or head.get("family"),
+              "best_step": run.get("best_step"), "head": head, "batcher": batcher_options(run)}
+    card = render_card(run, report, repo_id=repo_id, head_config=head, batcher=config["batcher"])
+
+    from lis.atomic import atomic_path
+
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        for path in [best / name for name in ADAPTER_FILES[:1] + HEAD_FILES] + processor_files:
+            shutil.copyfile(path, tmp / path.name)
+        for name in REPORT_FILES + OPTIONAL_REPORT_FILES:
+            if (run_dir / name).is_file():
+                shutil.copyfile(run_dir / name, tmp / name)
+        adapter_config = json.loads((best / "adapter_config.json").read_text())
+        # PEFT records the local path the base was loaded from; publish the Hub id (or the bare
+        # folder name) instead: AutoPeftModel resolves it, and no home folder leaks to the Hub.
+        adapter_config["base_model_name_or_path"] = base_name
+        (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2) + "\n")
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / "README.md").write_text(card)
+    logger.info("assembled %d files in %s", len(list(out_dir.iterdir())), out_dir)
+    return out_dir
+
+
+def batcher_options(run: dict) -> dict:
+    """The batcher settings of training (``recipe.data``), so reloading embeds items identically."""
+    data = (run.get("recipe") or {}).get("data") or {}
+    options = {key: data[key] for key in ("max_text_tokens", "image_size") if key in data}
+    options.setdefault("max_text_tokens", 64)  # ItemBatcher's defaults
+    options.setdefault("image_size", 64)
+    return options
+
+
+def load_published(folder, base_model: str | None = None, dtype=None):
+    """Rebuild ``(ItemEmbedder, ItemBatcher)`` from a published folder (local path) from scratch.
+
+    ``base_model`` overrides ``lis_align.json``'s (e.g. a local copy). The model is in eval mode.
+    """
+    from peft import PeftModel
+
+    from align.collate import ItemBatcher
+    from align.embedder import ItemEmbedder
+    from align.models.loading import load_processor, load_vlm
+
+    folder = Path(folder)
+    config_path = folder / CONFIG_NAME
+    if not config_path.is_file():
+        raise DataError(f"{CONFIG_NAME}: not found in {folder}; assemble the folder with lis-align publish.")
+    config = json.loads(config_path.read_text())
+    base, _, family = load_vlm(str(base_model or config["base_model"]), dtype=dtype)
+    model = PeftModel.from_pretrained(base, str(folder)).eval()
+    processor = load_processor(str(folder), family)
+    head = config["head"]
+    embedder = ItemEmbedder(model, family, dim=head["dim"], pooling=head["pooling"], center=head["center"],
+                            normalize=head.get("normalize", True)).load_head(folder).eval()
+    if model.device.type != "cpu":
+        embedder.to(model.device)
+    return embedder, ItemBatcher(processor, family, **config["batcher"])
+
+
+def verify(folder, run_dir, n_probe: int = 32, min_cosine: float = MIN_COSINE) -> dict:
+    """Reload ``folder`` from scratch and compare it with the run's best embeddings on ``n_probe`` items.
+
+    Probe items are spread evenly over the ids of ``best/embeddings.safetensors``. Raises
+    DataError naming the failing items and the minimum cosine when any is below ``min_cosine``.
+    Returns ``{"n_probe", "min_cosine", "mean_cosine", "worst_item", "threshold"}``.
+    """
+    import numpy as np
+    import torch
+
+    from align.collate import items_from_catalogue
+    from lis.embeddings import load_embeddings
+    from lis.schemas import load_catalogue
+
+    run_dir = Path(run_dir)
+    run = read_run(run_dir)
+    table = load_embeddings(run_dir / "best" / EMBEDDINGS)
+    rows = np.unique(np.linspace(0, len(table) - 1, min(n_probe, len(table))).round().astype(int))
+    ids = [table.ids[row] for row in rows]
+    data_dir = _data_dir(run, run_dir)
+    items = items_from_catalogue(load_catalogue(data_dir / "catalogue.parquet"), ids=ids, base_dir=data_dir)
+    dtype = ((run.get("recipe") or {}).get("model") or {}).get("dtype")
+    embedder, batcher = load_published(folder, base_model=str(run["base_model"]), dtype=dtype)
+    got = torch.nn.functional.normalize(embedder.embed_items(items, batcher, batch_size=16).float(), dim=-1)
+    want = torch.nn.functional.normalize(torch.from_numpy(table.vectors[rows]), dim=-1)
+    if got.shape != want.shape:
+        raise DataError(f"{EMBEDDINGS}: the reloaded embedder gives {got.shape[1]}-d vectors but the run's best "
+                        f"embeddings are {want.shape[1]}-d; the folder does not match the run.")
+    cosine = (got * want).sum(dim=1).numpy()
+    worst = int(cosine.argmin())
+    result = {"n_probe": len(ids), "min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean()),
+              "worst_item": ids[worst], "threshold": min_cosine}
+    failing = [item for item, c in zip(ids, cosine) if c < min_cosine]
+    if failing:
+        shown = ", ".join(repr(i) for i in failing[:5]) + (" ..." if len(failing) > 5 else "")
+        raise DataError(
+            f"{EMBEDDINGS}: the assembled folder does not reproduce the run's best embeddings: {len(failing)} of "
+            f"{len(ids)} probe items below cosine {min_cosine} ({shown}; min {cosine.min():.4f} at {ids[worst]!r}). "
+            f"Refusing to publish {folder}."
+        )
+    logger.info("verified %s: %d probe items, min cosine %.6f", folder, len(ids), result["min_cosine"])
+    return result
+
+
+def _data_dir(run: dict, run_dir: Path) -> Path:
+    given = (run.get("data") or {}).get("data_dir")
+    if not given:
+        raise DataError("run.json: field 'data.data_dir' is missing; verification needs the catalogue.")
+    for candidate in (Path(given), run_dir / given):
+        if (candidate / "catalogue.parquet").is_file():
+            return candidate
+    raise DataError(f"run.json: field 'data.data_dir' is {given!r}, which holds no catalogue.parquet "
+                    f"(looked in the working directory and in {run_dir}).")
+
+
+def listing(folder) -> list[tuple[str, int]]:
+    """``(relative path, size in bytes)`` of every file in ``folder``, sorted."""
+    folder = Path(folder)
+    return sorted((p.relative_to(folder).as_posix(), p.stat().st_size) for p in folder.rglob("*") if p.is_file())
+
+
+def resolve_token(token: str | None = None) -> str:
+    """The token to upload with: the argument, else ``HF_TOKEN`` / the cached login; DataError if none."""
+    if token:
+        return token
+    from huggingface_hub import get_token
+
+    found = get_token()
+    if not found:
+        raise DataError(NO_TOKEN)
+    return found
+
+
+def publish(run_dir, repo_id: str, private: bool = False, dry_run: bool = False, token: str | None = None,
+            endpoint: str | None = None, n_probe: int = 32, min_cosine: float = MIN_COSINE) -> dict:
+    """Assemble, verify and (unless ``dry_run``) upload. Returns a summary without the token.
+
+    The summary: ``{"repo_id", "folder", "files": [(path, size)], "verify": {...}, "dry_run",
+    "private", "url"}`` (``url`` is the commit URL, None for a dry run). Nothing is uploaded when
+    verification fails. A missing token is checked first, before any expensive work.
+    """
+    if not repo_id or repo_id.count("/") > 1:
+        raise DataError(f"--repo-id: expected 'name' or 'namespace/name'; got {repo_id!r}.")
+    secret = None if dry_run else resolve_token(token)
+    folder = assemble(run_dir, repo_id=repo_id)
+    checked = verify(folder, run_dir, n_probe=n_probe, min_cosine=min_cosine)
+    summary = {"repo_id": repo_id, "folder": str(folder), "files": listing(folder), "verify": checked,
+               "dry_run": dry_run, "private": private, "url": None}
+    if dry_run:
+        return summary
+    summary["url"] = _upload(folder, repo_id, private, secret, endpoint)
+    return summary
+
+
+def _upload(folder: Path, repo_id: str, private: bool, token: str, endpoint: str | None) -> str:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi(endpoint=endpoint, token=token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
+                                 commit_message="Upload adapter with lis-align")
+    except HfHubHTTPError as error:
+        status = getattr(error.response, "status_code", "?")
+        raise DataError(f"{repo_id}: the Hub refused the upload (HTTP {status}): {_first_line(error)}") from None
+    except _transport_errors() as error:
+        raise DataError(f"{api.endpoint}: cannot reach the Hub ({type(error).__name__}).") from None
+    logger.info("uploaded %s to %s", folder, repo_id)
+    return str(info.commit_url if hasattr(info, "commit_url") else info)
+
+
+def _transport_errors() -> tuple:
+    """Connection-level errors of the HTTP client huggingface_hub uses (httpx2 in 2.x, httpx in 1.x)."""
+    import importlib
+
+    found = []
+    for name in ("httpx2", "httpx"):
+        try:
+            found.append(importlib.import_module(name).HTTPError)
+        except ImportError:
+            continue
+    return tuple(found) or (ConnectionError,)
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
