@@ -89,10 +89,18 @@ class InfoNCELoss(nn.Module):
 
     forward(anchor_emb (B, d), positive_emb (B, d), anchor_ids (B,) int64,
             positive_ids (B,) int64, weights (B,) float > 0 or None,
-            known_pairs: None | ``encode_pairs`` keys | (K, 2) id tensor)
+            known_pairs: None | ``encode_pairs`` keys (1-D int64) | (K, 2) ids | iterable of
+            (anchor, positive) tuples; anything but keys is encoded on every call)
     returns dict(loss: scalar with grad, logit_scale: detached scalar,
                  accuracy: detached scalar, the weighted fraction of rows of both directions
                  whose target beats every unmasked column, over the global batch).
+
+    Use under DDP/DeepSpeed: every rank must call forward and backward (both run
+    collectives). Keep this module inside the module that DDP/DeepSpeed wraps (or all-reduce
+    ``log_scale.grad`` yourself): with ``local_loss=True`` each rank computes a different
+    temperature gradient, and without averaging the ranks' temperatures drift apart. Under
+    DeepSpeed bf16 the ``log_scale`` parameter itself is held in bf16 for the forward (a step
+    of about 0.4% in the scale); the logits are computed in float32 regardless.
 
     Does not do: hard-negative mining, a learnable bias (SigLIP), or queues of past batches.
     """

@@ -101,7 +101,8 @@ def assemble(run_dir, out_dir=None, repo_id: str | None = None) -> Path:
 
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        for path in [best / name for name in ADAPTER_FILES[:1] + HEAD_FILES] + processor_files:
+        # adapter_config.json is rewritten below, not copied.
+        for path in [best / name for name in ("adapter_model.safetensors", *HEAD_FILES)] + processor_files:
             shutil.copyfile(path, tmp / path.name)
         for name in REPORT_FILES + OPTIONAL_REPORT_FILES:
             if (run_dir / name).is_file():

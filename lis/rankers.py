@@ -83,7 +83,8 @@ class IdCtrRanker:
 
         Options: ``dim`` factor size; ``epochs`` upper bound (early stopping usually ends
         sooner); ``lr`` Adam learning rate; ``l2`` penalty on the touched factor rows;
-        ``batch_size``; ``valid_fraction`` of the rows (latest by time) held out for early
+        ``batch_size`` (upper bound: small logs use smaller batches, at least 32 steps an
+        epoch); ``valid_fraction`` of the rows (latest by time) held out for early
         stopping, with ``patience`` epochs without improvement; ``refit`` retrains on all
         rows for the best epoch count (otherwise the selection run's best state is kept).
         """
@@ -103,6 +104,9 @@ class IdCtrRanker:
         train_rows = torch.from_numpy(order[: len(order) - n_valid])
         valid_rows = torch.from_numpy(order[len(order) - n_valid:])
         sizes = (len(user_index), len(item_index), dim)
+        # Small logs still get >= 32 Adam steps per epoch (8192-row batches would give a
+        # 20k-row log 3 steps an epoch and never converge within `epochs`).
+        batch_size = int(min(batch_size, max(512, -(-len(order) // 32))))
         train = dict(users=users, items=items, labels=labels, lr=lr, l2=l2, batch_size=batch_size)
 
         with _one_thread():

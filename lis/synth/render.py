@@ -63,7 +63,7 @@ class ImageRenderer:
     # linear probe still recovers much of the latent.
     COLOUR_SD = 0.7
     LOW_SD = 0.7
-    SIGNAL_AMP = 0.2
+    SIGNAL_AMP = 0.6
     MID_NOISE_SD = 0.05
     TEXTURE_AMP = 0.35
     PIXEL_NOISE_SD = 0.1
@@ -122,7 +122,10 @@ class ImageRenderer:
 class TextRenderer:
     """Renders latents into ``"Title words. description words."`` strings."""
 
+    # Half the description slots are filler words unrelated to the latent: they dominate
+    # bag-of-words similarity (near chance) but a probe learns to ignore them.
     FILLER_SHARE = 0.5
+    CHUNK = 2_000  # items per batch: bounds the (items x vocabulary) arrays to ~32 MB each
 
     def __init__(self, dim: int, vocab_size: int, temperature: float, rng: np.random.Generator):
         self.words = np.array(vocabulary(vocab_size), dtype=object)
@@ -132,12 +135,7 @@ class TextRenderer:
 
     def render(self, latent: np.ndarray, rng: np.random.Generator) -> list[str]:
         n = len(latent)
-        unit = latent / np.linalg.norm(latent, axis=1, keepdims=True)
-        logits = unit @ self.directions.T / self.temperature
-        # Gumbel top-k = sampling k distinct words from softmax(logits) without replacement.
-        keys = logits + rng.gumbel(size=logits.shape)
-        top = np.argpartition(-keys, 20, axis=1)[:, :20]
-        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1), axis=1)
+        top = np.concatenate([self._top_words(latent[lo:lo + self.CHUNK], rng) for lo in range(0, n, self.CHUNK)])
         n_title = rng.integers(3, 6, n)
         n_desc = rng.integers(8, 16, n)
         filler_slot = rng.random((n, 15)) < self.FILLER_SHARE
@@ -150,6 +148,15 @@ class TextRenderer:
             desc = [FILLER[filler_word[i, k]] if filler_slot[i, k] else next(informative) for k in range(n_desc[i])]
             texts.append(f"{title}. {' '.join(desc)}.")
         return texts
+
+    def _top_words(self, latent: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """(n, 20) word indices per item, in sampling order: 20 distinct draws from
+        softmax(unit latent . direction / temperature) (Gumbel top-k = sampling without
+        replacement), enough for a 5-word title and a 15-word description."""
+        unit = latent / np.linalg.norm(latent, axis=1, keepdims=True)
+        keys = unit @ self.directions.T / self.temperature + rng.gumbel(size=(len(latent), len(self.directions)))
+        top = np.argpartition(-keys, 20, axis=1)[:, :20]
+        return np.take_along_axis(top, np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1), axis=1)
 
 
 def encode_png(pixels: np.ndarray, level: int = 1) -> list[bytes]:

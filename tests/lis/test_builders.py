@@ -177,3 +177,41 @@ def test_corrupt_pairs_replaces_exactly_that_fraction_and_is_nested():
     assert (quarter.anchor_id == pairs.anchor_id).all() and (quarter.weight == pairs.weight).all()
     assert not (half.anchor_id == half.positive_id).any()
     pd.testing.assert_frame_equal(corrupt_pairs(pairs, 0.0, items), pairs)
+
+
+def clustered_log(n_users=300, n_items=100, n_clusters=4, n_rows=15_000, seed=0):
+    """Clicks follow sigmoid(<user, item>) where items sit tightly around cluster centres."""
+    rng = np.random.default_rng(seed)
+    cluster = np.arange(n_items) % n_clusters
+    items = rng.normal(size=(n_clusters, 4))[cluster] * 1.5 + rng.normal(scale=0.2, size=(n_items, 4))
+    users = rng.normal(size=(n_users, 4))
+    u, i = rng.integers(0, n_users, n_rows), rng.integers(0, n_items, n_rows)
+    p = 1 / (1 + np.exp(1.0 - (users[u] * items[i]).sum(1)))
+    log = pd.DataFrame({"user_id": np.char.add("u", u.astype(str)), "item_id": np.char.add("i", i.astype(str)),
+                        "timestamp": np.arange(n_rows, dtype=np.int64), "label": (rng.random(n_rows) < p).astype(np.int8)})
+    return log, {f"i{k}": c for k, c in enumerate(cluster)}
+
+
+def test_ranker_knn_neighbours_of_planted_clusters_are_mostly_in_cluster():
+    from lis.rankers import IdCtrRanker
+
+    log, cluster = clustered_log()
+    ranker = IdCtrRanker.fit(log, dim=8, epochs=10, seed=0)
+    pairs = build_pairs("ranker_knn", log, ranker=ranker, top_k=5)
+    assert pairs.anchor_id.nunique() == 100 and (pairs.groupby("anchor_id").size() <= 5).all()
+    assert ((pairs.weight > 0) & (pairs.weight <= 1 + 1e-6)).all()
+    assert not (pairs.anchor_id == pairs.positive_id).any()
+    in_cluster = (pairs.anchor_id.map(cluster) == pairs.positive_id.map(cluster)).mean()
+    assert in_cluster > 0.7  # chance is 0.25
+
+
+def test_ranker_knn_respects_min_count_and_the_slice():
+    from lis.rankers import IdCtrRanker
+
+    log, _ = clustered_log()
+    ranker = IdCtrRanker.fit(log, dim=8, epochs=2, seed=0)
+    known = set(ranker.item_embeddings(min_count=160)[0])
+    pairs = build_pairs("ranker_knn", log, ranker=ranker, min_count=160)
+    assert set(pairs.anchor_id) | set(pairs.positive_id) <= known
+    one_item = log[log.item_id == "i3"]
+    assert set(build_pairs("ranker_knn", one_item, ranker=ranker).anchor_id) == {"i3"}

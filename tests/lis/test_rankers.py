@@ -11,7 +11,7 @@ from lis.rankers import IdCtrRanker, base_logits
 from lis.windows import split_windows
 
 
-def planted_log(n_users=400, n_items=150, n_rows=30_000, dim=4, seed=0):
+def planted_log(n_users=300, n_items=100, n_rows=15_000, dim=4, seed=0):
     """A log whose click probability is sigmoid(-1 + <user, item>) for planted factors."""
     rng = np.random.default_rng(seed)
     users, items = rng.normal(size=(n_users, dim)), rng.normal(size=(n_items, dim)) * 1.2
@@ -28,7 +28,7 @@ def planted_log(n_users=400, n_items=150, n_rows=30_000, dim=4, seed=0):
 def world():
     log = planted_log()
     windows = split_windows(log)
-    ranker = IdCtrRanker.fit(windows.slice(log, "fit"), dim=8, seed=0)
+    ranker = IdCtrRanker.fit(windows.slice(log, "fit"), dim=8, epochs=10, seed=0)
     return log, windows, ranker
 
 
@@ -40,9 +40,9 @@ def test_ranker_learns_planted_preferences(world):
 
 def test_ranker_is_deterministic_for_a_seed(world):
     log, windows, ranker = world
-    again = IdCtrRanker.fit(windows.slice(log, "fit"), dim=8, seed=0)
+    again = IdCtrRanker.fit(windows.slice(log, "fit"), dim=8, epochs=10, seed=0)
     np.testing.assert_array_equal(ranker.predict_logits(log), again.predict_logits(log))
-    other = IdCtrRanker.fit(windows.slice(log, "fit"), dim=8, seed=1)
+    other = IdCtrRanker.fit(windows.slice(log, "fit"), dim=8, epochs=10, seed=1)
     assert not np.array_equal(ranker.predict_logits(log), other.predict_logits(log))
 
 
@@ -59,7 +59,7 @@ def test_unknown_users_and_items_are_cold(world):
 def test_item_embeddings_keep_items_with_enough_impressions(world):
     _, _, ranker = world
     ids, vectors = ranker.item_embeddings()
-    assert len(ids) == 150 and vectors.shape == (150, 8) and vectors.dtype == np.float32
+    assert len(ids) == 100 and vectors.shape == (100, 8) and vectors.dtype == np.float32
     few = ranker.item_embeddings(min_count=int(np.median(ranker.item_counts)) + 1)[0]
     assert 0 < len(few) < len(ids)
     counts = dict(zip(ranker.item_index, ranker.item_counts))

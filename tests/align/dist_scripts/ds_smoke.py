@@ -47,11 +47,10 @@ def main():
     from accelerate.utils import InitProcessGroupKwargs
 
     t0 = time.time()
-    # Built before the Accelerator: under ZeRO-3, creating the Accelerator first lets
-    # DeepSpeed's zero.Init partition parameters during construction, and a model built
-    # outside that context afterwards is the documented, simplest path.
+    # Built before the Accelerator, the order our trainer uses under ZeRO-3 (with
+    # zero3_init_flag: false, building it after also works for a plain torch model).
     model = build_model()
-    # gloo: DeepSpeed's CPU accelerator would otherwise pick "ccl" (oneCCL), not installed.
+    # gloo: without it accelerate counts a world of 1, DeepSpeed 2, and prepare() fails.
     acc = Accelerator(kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
     opt = torch.optim.AdamW(model.parameters(), lr=LR)  # torch's: no DeepSpeed op to compile
     # DeepSpeed needs a micro batch size: accelerate takes it from a prepared DataLoader.
