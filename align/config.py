@@ -34,6 +34,10 @@ class DataConfig:
     top_k: int = 10
     max_text_tokens: int = 48
     image_size: int = 64
+    holdout_fraction: float = 0.05  # fit-window pairs held out for eval_loss (Trainer.evaluate)
+    max_holdout_pairs: int = 256
+    missing_image: str = "blank"  # blank | error: what an item without an image gets
+    item_cache: bool = True  # preprocess every item once (fast for small images; off for large ones)
 
 
 @dataclass
@@ -82,7 +86,11 @@ class TrainingConfig:
     bf16: bool | None = None  # None = on when the GPU supports it
     report_to: list = field(default_factory=lambda: ["tensorboard"])
     dataloader_num_workers: int = 0
-    resume_from_checkpoint: str | None = None
+    resume_from_checkpoint: str | None = None  # a checkpoint dir, or "last" for the newest in output_dir
+    max_grad_norm: float = 1.0
+    per_device_eval_batch_size: int | None = None  # None = per_device_train_batch_size
+    export_batch_size: int = 64
+    inject_nan_at_step: int | None = None  # testing hook: the loss of this step becomes NaN
 
 
 @dataclass
@@ -117,6 +125,7 @@ class Recipe:
 CHOICES = {
     "embedder.pooling": ("last", "mean"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "data.missing_image": ("blank", "error"),
 }
 
 
@@ -219,6 +228,8 @@ def _check(recipe: Recipe) -> None:
     for name, value in positive.items():
         if not value > 0:
             raise ConfigError(f"{src}: field '{name}' must be positive; got {value!r}.")
+    if not 0.0 <= recipe.data.holdout_fraction < 1.0:
+        raise ConfigError(f"{src}: field 'data.holdout_fraction' must be in [0, 1); got {recipe.data.holdout_fraction!r}.")
     if not 0.0 < recipe.data.eval_fraction < 1.0:
         raise ConfigError(f"{src}: field 'data.eval_fraction' must be in (0, 1); got {recipe.data.eval_fraction!r}.")
     if recipe.training.save_steps % recipe.training.eval_steps and recipe.lis.enabled:

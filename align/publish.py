@@ -32,6 +32,7 @@ import shutil
 from pathlib import Path
 
 from align.embedder import HEAD_CONFIG, HEAD_WEIGHTS
+from align.export import CONFIG_NAME  # noqa: F401  (re-exported: publish wrote it first)
 from lis.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,6 @@ PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "video_p
                    "vocab.json", "merges.txt", "tokenizer.model", "chat_template.json", "chat_template.jinja")
 REPORT_FILES = ("lis_report.json", "lis_curve.png")
 OPTIONAL_REPORT_FILES = ("lis_report.md",)
-CONFIG_NAME = "lis_align.json"
 EMBEDDINGS = "embeddings.safetensors"
 MIN_COSINE = 0.999
 NO_TOKEN = "no Hugging Face token found: set HF_TOKEN or run `huggingface-cli login` (or pass --dry-run)."
@@ -130,28 +130,19 @@ def batcher_options(run: dict) -> dict:
 def load_published(folder, base_model: str | None = None, dtype=None):
     """Rebuild ``(ItemEmbedder, ItemBatcher)`` from a published folder (local path) from scratch.
 
-    ``base_model`` overrides ``lis_align.json``'s (e.g. a local copy). The model is in eval mode.
+    ``base_model`` overrides ``lis_align.json``'s (e.g. a local copy). The model is in eval mode,
+    on this process's CUDA device if any, else the CPU. The loading itself is
+    :func:`align.export.load_export_model`'s (head from ``projection_head.json``, batcher from
+    ``lis_align.json``), so a published folder and a training checkpoint load the same way.
     """
-    from peft import PeftModel
-
-    from align.collate import ItemBatcher
-    from align.embedder import ItemEmbedder
-    from align.models.loading import load_processor, load_vlm
+    from align.export import load_export_model
 
     folder = Path(folder)
     config_path = folder / CONFIG_NAME
     if not config_path.is_file():
         raise DataError(f"{CONFIG_NAME}: not found in {folder}; assemble the folder with lis-align publish.")
     config = json.loads(config_path.read_text())
-    base, _, family = load_vlm(str(base_model or config["base_model"]), dtype=dtype)
-    model = PeftModel.from_pretrained(base, str(folder)).eval()
-    processor = load_processor(str(folder), family)
-    head = config["head"]
-    embedder = ItemEmbedder(model, family, dim=head["dim"], pooling=head["pooling"], center=head["center"],
-                            normalize=head.get("normalize", True)).load_head(folder).eval()
-    if model.device.type != "cpu":
-        embedder.to(model.device)
-    return embedder, ItemBatcher(processor, family, **config["batcher"])
+    return load_export_model(str(base_model or config["base_model"]), folder, dtype=dtype)
 
 
 def verify(folder, run_dir, n_probe: int = 32, min_cosine: float = MIN_COSINE) -> dict:

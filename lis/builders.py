@@ -186,16 +186,20 @@ def ranker_knn(log: pd.DataFrame, *, catalogue=None, ranker=None, seed: int = 0,
     unit = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
     anchor_rows = np.flatnonzero(in_slice)
     k = min(top_k, len(ids) - 1)
-    block = max(1, (1 << 22) // len(ids))  # ~16 MB of similarities per block
+    # torch.topk: several times faster than numpy's argpartition on wide blocks.
+    import torch
+
+    table = torch.from_numpy(unit)
+    block = max(1, (1 << 24) // len(ids))  # ~64 MB of similarities per block
     anchors, positives, weights = [], [], []
     for start in range(0, len(anchor_rows), block):
         rows = anchor_rows[start: start + block]
-        sims = unit[rows] @ unit.T
-        sims[np.arange(len(rows)), rows] = -np.inf  # never your own neighbour
-        best = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        sims = table[torch.from_numpy(rows)] @ table.T
+        sims[torch.arange(len(rows)), torch.from_numpy(rows)] = -torch.inf  # never your own neighbour
+        best = torch.topk(sims, k, dim=1)
         anchors.append(np.repeat(rows, k))
-        positives.append(best.ravel())
-        weights.append(np.take_along_axis(sims, best, axis=1).ravel().astype(np.float64))
+        positives.append(best.indices.numpy().ravel())
+        weights.append(best.values.numpy().ravel().astype(np.float64))
     anchors, positives, weights = map(np.concatenate, (anchors, positives, weights))
     keep = weights > 0
     return _top_k(ids, anchors[keep], positives[keep], weights[keep], top_k)

@@ -189,6 +189,7 @@ class LISEvaluator:
             if len(pairs) == 0:
                 raise DataError(f"builder '{builder}': no pairs in the leaked window of fold {fold}; LIS is undefined "
                                 "(the log has too few engagements for this builder).")
+            counts.append(len(pairs))
             if self.config.lis_mode == "pairs":
                 oracles.append(pairs)
             else:
@@ -226,7 +227,7 @@ class LISEvaluator:
         n = len(lookup)
         matrix = sp.coo_matrix((w, (a[keep], p[keep])), shape=(n, n)).tocsr()
         matrix = matrix.maximum(matrix.T)  # candidate->history and history->candidate alike
-        present = self.index.present_items(np.concatenate([pairs["anchor_id"], pairs["positive_id"]]).astype(str))
+        present = self.index.present_items(np.unique(np.concatenate([pairs["anchor_id"], pairs["positive_id"]]).astype(str)))
         return matrix, present
 
     def lis(self, builder: str, transform=None, cache: bool = True, **options) -> dict:

@@ -99,7 +99,8 @@ def _check(config: SynthConfig) -> None:
             f"synth config: field 'impressions_per_session' must be >= 1; got {config.impressions_per_session!r}."
         )
     if config.vocab_size < 40:
-        raise ConfigError(f"synth config: field 'vocab_size' must be >= 40 (titles and descriptions draw up to 20 distinct words); got {config.vocab_size}.")
+        raise ConfigError(f"synth config: field 'vocab_size' must be >= 40 (an item draws up to 20 "
+                          f"distinct words); got {config.vocab_size}.")
     if config.image_size < 8:
         raise ConfigError(f"synth config: field 'image_size' must be >= 8; got {config.image_size}.")
 

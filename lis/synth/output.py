@@ -58,7 +58,7 @@ def simulate(preset_or_config, seed: int, out_dir, progress: bool = True) -> dic
                 "catalogue": "catalogue.parquet", "log": "log.parquet", "images": "images/",
                 "truth": "truth.safetensors", "users_truth": "users_truth.safetensors",
             },
-            "uninformative_item_ids": [_item_id(i) for i in np.flatnonzero(~items.informative)],
+            "uninformative_item_ids": _ids("i", config.n_items)[~items.informative].tolist(),
         })
     return summary
 
@@ -69,10 +69,6 @@ def _check_target(out: Path) -> None:
     if out.is_dir() and any(out.iterdir()) and not (out / "synth.json").is_file():
         raise DataError(f"{out}: output directory is not empty and holds no synth.json; "
                         "refusing to replace it (choose a new or empty directory).")
-
-
-def _item_id(index: int) -> str:
-    return f"i{int(index)}"
 
 
 def _ids(prefix: str, n: int) -> np.ndarray:

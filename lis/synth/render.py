@@ -22,7 +22,6 @@ import zlib
 
 import numpy as np
 
-from lis.synth.config import SynthConfig
 
 FILLER = ("the", "a", "with", "and", "for", "in", "of", "new", "classic", "set", "daily", "perfect",
           "style", "simple", "great", "best", "easy", "fresh", "my", "our", "this", "one", "more", "all")
@@ -63,7 +62,7 @@ class ImageRenderer:
     # linear probe still recovers much of the latent.
     COLOUR_SD = 0.7
     LOW_SD = 0.7
-    SIGNAL_AMP = 0.6
+    SIGNAL_AMP = 0.2
     MID_NOISE_SD = 0.05
     TEXTURE_AMP = 0.35
     PIXEL_NOISE_SD = 0.1

@@ -204,7 +204,8 @@ def simulate_log(config: SynthConfig, items: Items, rngs: dict, progress=None) -
     label = (rng.random(len(item)) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int8)
     # The policy's own logit estimate: its stale taste guess, popularity, no user bias.
     policy_dot = np.einsum("nd,nd->n", guess[user], items.latent[item])
-    base = config.engagement_scale * config.policy_knowledge * policy_dot + config.popularity_effect * items.popularity[item]
+    base = (config.engagement_scale * config.policy_knowledge * policy_dot
+            + config.popularity_effect * items.popularity[item])
     base += solve_intercept(base, config.positive_rate)
     order = np.lexsort((position, session, timestamp))
     return Log(user[order], item[order], timestamp[order].astype(np.int64), label[order], session[order],
