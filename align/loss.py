@@ -118,7 +118,9 @@ class InfoNCELoss(nn.Module):
         super().__init__()
         if not 0 < init_scale <= max_scale:
             raise ValueError(f"init_scale must be in (0, max_scale={max_scale}]; got {init_scale}")
-        self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)), requires_grad=learn_scale)
+        # Shape (1,), not a 0-d tensor: DeepSpeed's engine views every parameter as bytes to
+        # broadcast it, which fails on 0-d tensors (deepspeed 0.19.8, torch 2.13).
+        self.log_scale = nn.Parameter(torch.tensor([math.log(init_scale)]), requires_grad=learn_scale)
         self.max_scale = float(max_scale)
         self.gather_with_grad = gather_with_grad
         self.local_loss = local_loss
@@ -128,7 +130,7 @@ class InfoNCELoss(nn.Module):
     @property
     def logit_scale(self) -> torch.Tensor:
         """The clamped scale exp(log_scale) used in forward."""
-        return self.log_scale.exp().clamp(max=self.max_scale)
+        return self.log_scale.exp().clamp(max=self.max_scale).reshape(())
 
     def forward(self, anchor_emb, positive_emb, anchor_ids, positive_ids, weights=None, known_pairs=None):
         b = anchor_emb.shape[0]

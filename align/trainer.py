@@ -180,7 +180,8 @@ def load_align_state(model: AlignmentModel, directory) -> None:
         raise DataError(f"{directory / ADAPTER_WEIGHTS}: holds weights this model lacks, e.g. {unexpected[0]!r}.")
     model.embedder.load_head(directory)
     with torch.no_grad():
-        model.loss.log_scale.copy_(load_file(str(directory / LOSS_WEIGHTS))["log_scale"].reshape(()))
+        log_scale = model.loss.log_scale
+        log_scale.copy_(load_file(str(directory / LOSS_WEIGHTS))["log_scale"].reshape(log_scale.shape))
 
 
 def _plain(t: torch.Tensor) -> torch.Tensor:

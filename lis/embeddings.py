@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lis.atomic import atomic_path
+from lis.atomic import write_bytes
 from lis.errors import DataError, describe_value
 
 MANIFEST_KEYS = ("model", "adapter_hash", "step", "dim", "catalogue_hash", "source", "trained_until")
@@ -85,15 +85,27 @@ def validate_table(table: EmbeddingTable, name: str) -> EmbeddingTable:
 
 
 def save_embeddings(path: str | os.PathLike, table: EmbeddingTable) -> None:
-    """Validate and write ``table`` atomically as safetensors with ids and manifest in the header."""
-    from safetensors.numpy import save_file
+    """Validate and write ``table`` atomically as safetensors with ids and manifest in the header.
+
+    Equal tables give equal bytes: the header is rewritten with sorted keys, because
+    safetensors serialises metadata from a hash map whose order changes between processes.
+    """
+    from safetensors.numpy import save
 
     validate_table(table, Path(path).name)
     manifest = dict(table.manifest)
     manifest["dim"] = table.dim
-    metadata = {"ids": json.dumps(table.ids), "manifest": json.dumps(manifest, default=_plain)}
-    with atomic_path(path) as tmp:
-        save_file({"embeddings": table.vectors}, str(tmp), metadata=metadata)
+    metadata = {"ids": json.dumps(table.ids), "manifest": json.dumps(manifest, default=_plain, sort_keys=True)}
+    write_bytes(path, _canonical_header(save({"embeddings": table.vectors}, metadata=metadata)))
+
+
+def _canonical_header(data: bytes) -> bytes:
+    """The same safetensors bytes with the JSON header's keys sorted (padded to 8 bytes)."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + size:]
 
 
 def load_embeddings(path: str | os.PathLike, expected_dim: int | None = None) -> EmbeddingTable:

@@ -141,23 +141,6 @@ def _write_truth(out: Path, config: SynthConfig, items: Items, log: Log, catalog
     save_embeddings(out / "users_truth.safetensors", EmbeddingTable(
         list(_ids("s", config.n_sessions)), log.session_taste,
         make_manifest(config.dim, "truth-taste", model="synth-truth")))
-    for name in ("truth.safetensors", "users_truth.safetensors"):
-        _canonical_header(out / name)
-
-
-def _canonical_header(path: Path) -> None:
-    """Rewrite a safetensors header with sorted keys so equal tables give equal bytes.
-
-    safetensors serialises the header metadata from a hash map, so the order of ``ids`` and
-    ``manifest`` changes from process to process; byte-identical worlds need a fixed order.
-    The tensor bytes are untouched; the header stays compact JSON padded to 8 bytes.
-    """
-    data = path.read_bytes()
-    size = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + size])
-    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    text += b" " * (-len(text) % 8)
-    write_bytes(path, len(text).to_bytes(8, "little") + text + data[8 + size:])
 
 
 def summarize(config: SynthConfig, items: Items, log: Log) -> dict:
