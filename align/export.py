@@ -47,7 +47,7 @@ BATCHER_FIELDS = ("max_text_tokens", "image_size", "prompt", "missing_image")
 
 
 def export_embeddings(embedder, batcher, items: list[dict], *, batch_size: int = 64, manifest: dict | None = None,
-                      progress: bool = True, prefetch: bool = True) -> EmbeddingTable:
+                      progress: bool = True, prefetch: bool | None = None) -> EmbeddingTable:
     """Embed ``items`` and return the table in the order of ``items``, float32, on every rank.
 
     Args:
@@ -65,7 +65,9 @@ def export_embeddings(embedder, batcher, items: list[dict], *, batch_size: int =
             ``source`` defaults to ``'export'``. ``None`` gives a manifest with only those two.
         progress: a tqdm bar (on the main process only).
         prefetch: prepare the next batch (image decoding, processor) in a background thread
-            while the model runs the current one. Off, everything runs in the calling thread.
+            while the model runs the current one. ``None`` (default): on when the model runs on
+            an accelerator, off on CPU, where the thread only competes with torch's own
+            threads for the same cores (measured no faster on 2 cores, bench/bench_export.py).
 
     Under an initialised process group with more than one rank, rank ``r`` embeds the
     contiguous slice ``r`` of ``items`` padded with repeats of the last item to
@@ -122,6 +124,8 @@ def _embed_shard(module, batcher, shard: list[dict], batch_size: int, progress: 
     dtype = _backbone_dtype(module)
     chunks = [shard[start:start + batch_size] for start in range(0, len(shard), batch_size)]
     prepare = _preparer(batcher)
+    if prefetch is None:
+        prefetch = device.type != "cpu"
     batches = _Prefetcher(prepare, chunks) if prefetch else (_try(prepare, chunk) for chunk in chunks)
     out = []
     with tqdm(total=len(chunks), desc=desc, unit="batch", disable=not progress) as bar:

@@ -43,6 +43,7 @@ import pandas as pd
 import torch
 
 from lis.errors import DataError
+from lis.threads import one_torch_thread
 
 FEATURE_NAMES = ("sim_max", "sim_mean", "sim_attention")
 CONTROL_NAMES = ("log1p_history_length", "history_missing", "candidate_missing")
@@ -314,9 +315,7 @@ class HistoryIndex:
                     out[batch.dst] = pooled[batch.rows]
 
         workers = max(1, min(self.workers, len(self._batches)))
-        previous = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with one_torch_thread():
             if workers == 1:
                 run(self._batches)
             else:
@@ -324,8 +323,6 @@ class HistoryIndex:
 
                 with ThreadPoolExecutor(workers) as pool:
                     list(pool.map(run, [self._batches[k::workers] for k in range(workers)]))
-        finally:
-            torch.set_num_threads(previous)
         result = out.numpy()
         result[~present.numpy()[self._t_item]] = 0.0            # a missing candidate has no similarity
         return result

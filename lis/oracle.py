@@ -21,6 +21,7 @@ import torch
 
 from lis.embeddings import EmbeddingTable, make_manifest
 from lis.errors import DataError
+from lis.threads import one_torch_thread
 
 
 def fit_pair_embeddings(
@@ -55,6 +56,14 @@ def fit_pair_embeddings(
         table.weight.normal_(0.0, 0.1, generator=generator)
     optimiser = torch.optim.Adam(table.parameters(), lr=lr)
     batch = min(batch_size, len(pairs))
+    with one_torch_thread():
+        _train(table, optimiser, anchor_codes, positive_codes, weights, batch, steps, logit_scale, generator)
+    vectors = torch.nn.functional.normalize(table.weight.detach(), dim=1).numpy()
+    manifest = make_manifest(dim, source, trained_until=None if trained_until is None else int(trained_until))
+    return EmbeddingTable(list(ids), vectors, manifest)
+
+
+def _train(table, optimiser, anchor_codes, positive_codes, weights, batch, steps, logit_scale, generator) -> None:
     for _ in range(steps):
         rows = torch.multinomial(weights, batch, replacement=True, generator=generator)
         a, p = anchor_codes[rows], positive_codes[rows]
@@ -62,9 +71,6 @@ def fit_pair_embeddings(
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-    vectors = torch.nn.functional.normalize(table.weight.detach(), dim=1).numpy()
-    manifest = make_manifest(dim, source, trained_until=None if trained_until is None else int(trained_until))
-    return EmbeddingTable(list(ids), vectors, manifest)
 
 
 def symmetric_info_nce(anchor, positive, anchor_codes, positive_codes, logit_scale: float) -> torch.Tensor:

@@ -10,13 +10,13 @@ logit. Two sources:
 """
 from __future__ import annotations
 
-import contextlib
 
 import numpy as np
 import pandas as pd
 import torch
 
 from lis.errors import ConfigError, DataError, describe_value
+from lis.threads import one_torch_thread
 
 
 class _MF(torch.nn.Module):
@@ -109,7 +109,7 @@ class IdCtrRanker:
         batch_size = int(min(batch_size, max(512, -(-len(order) // 32))))
         train = dict(users=users, items=items, labels=labels, lr=lr, l2=l2, batch_size=batch_size)
 
-        with _one_thread():
+        with one_torch_thread():
             if n_valid > 0:
                 model, history, best_epochs = _train(sizes, seed, epochs, train_rows, valid_rows, patience, **train)
                 if refit:
@@ -137,19 +137,6 @@ class IdCtrRanker:
         keep = self.item_counts >= int(min_count)
         ids = [str(x) for x in self.item_index[keep]]
         return ids, self._item_vec[keep].astype(np.float32)
-
-
-@contextlib.contextmanager
-def _one_thread():
-    """Train on one thread: the model is tiny, so threads only add sync cost, and on a busy
-    machine OpenMP spin-waiting made a 1M-row fit 7x slower (57 s vs 8 s on 2 cores).
-    One thread also makes the result independent of the machine's core count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _train(sizes, seed, epochs, rows, valid_rows, patience, *, users, items, labels, lr, l2, batch_size):

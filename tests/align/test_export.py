@@ -118,8 +118,8 @@ def test_batched_export_equals_per_item_loop_in_the_order_of_items(trained, item
     assert table.ids == [item["item_id"] for item in shuffled]
     assert table.vectors.dtype == np.float32 and table.vectors.shape == (N_ITEMS, 32)
     assert cosine_rows(table.vectors, naive_loop(embedder, batcher, shuffled)).min() >= 0.9999
-    unprefetched = export_embeddings(embedder, batcher, shuffled, batch_size=3, progress=False, prefetch=False)
-    np.testing.assert_array_equal(unprefetched.vectors, table.vectors)
+    prefetched = export_embeddings(embedder, batcher, shuffled, batch_size=3, progress=False, prefetch=True)
+    np.testing.assert_array_equal(prefetched.vectors, table.vectors)
 
 
 def test_export_runs_in_eval_mode_and_restores_every_submodule_mode(trained, items):
@@ -168,6 +168,14 @@ def test_repeated_or_no_items_are_refused(trained, items):
         export_embeddings(embedder, batcher, [items[1], items[0], items[1]], progress=False)
     with pytest.raises(DataError, match="no items"):
         export_embeddings(embedder, batcher, [], progress=False)
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_an_undecodable_image_midway_raises_a_named_error(trained, items, prefetch):
+    embedder, batcher, _ = trained
+    broken = [dict(item, image=b"not a png") if item["item_id"] == "i4" else item for item in items]
+    with pytest.raises(DataError, match="image bytes of item 'i4': cannot decode"):
+        export_embeddings(embedder, batcher, broken, batch_size=2, progress=False, prefetch=prefetch)
 
 
 def test_written_file_loads_with_the_manifest_of_design_section_3(trained, items, data_dir, model_dir, tmp_path):
