@@ -32,6 +32,7 @@ class DataConfig:
     pairs_file: str | None = None  # use a ready pairs file instead of a builder
     eval_fraction: float = 0.3
     top_k: int = 10
+    builder_options: dict = field(default_factory=dict)  # extra options of the builder (see lis.builders)
     max_text_tokens: int = 48
     image_size: int = 64
     holdout_fraction: float = 0.05  # fit-window pairs held out for eval_loss (Trainer.evaluate)

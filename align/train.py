@@ -69,6 +69,7 @@ def prepare_data(recipe) -> TrainingData:
                        windows.to_dict()["eval_start"])
     else:
         options = {"top_k": d.top_k} if "top_k" in builder_options(d.builder) else {}
+        options.update(d.builder_options)
         pairs = build_pairs(d.builder, fit, datadir.catalogue, seed=recipe.training.seed, **options)
         source = d.builder
         if len(pairs) == 0:
@@ -163,13 +164,39 @@ def _count_truncated(batcher, items) -> int:
     return sum(len(i) > batcher.max_text_tokens for i in ids)
 
 
-def run_training(recipe, callbacks=None) -> dict:
+def make_lis_callback(recipe, data: TrainingData, source, items: list[dict], evaluator=None):
+    """The :class:`align.lis_callback.LISValidationCallback` a recipe's ``lis`` section asks for.
+
+    ``evaluator``: a ready ``LISEvaluator`` (the demo reuses the one that compared builders);
+    otherwise rank 0 builds one at the start of training with the recipe's windows and options.
+    """
+    from align.lis_callback import LISValidationCallback
+
+    def factory():
+        from lis.evaluator import EvaluatorConfig, LISEvaluator
+
+        options = {recipe.data.builder: dict(recipe.data.builder_options)} if recipe.data.builder_options else {}
+        config = EvaluatorConfig(eval_fraction=recipe.data.eval_fraction, n_bootstrap=recipe.lis.n_bootstrap,
+                                 seed=recipe.training.seed, builder_options=options)
+        return LISEvaluator(data.datadir.log, data.datadir.catalogue, config, name=f"{recipe.data.data_dir}/log")
+
+    return LISValidationCallback(source, items, recipe.training.output_dir, builder=recipe.lis.builder,
+                                 evaluator=evaluator, evaluator_factory=factory,
+                                 require_headroom=recipe.lis.require_headroom, trained_until=data.trained_until,
+                                 export_batch_size=recipe.training.export_batch_size,
+                                 max_eval_items=recipe.lis.max_eval_items, model_name=recipe.model.path)
+
+
+def run_training(recipe, callbacks=None, evaluator=None) -> dict:
     """Train ``recipe`` end to end and write RUN_DIR (module docstring). Call it on every rank.
 
     Args:
         recipe: a :class:`align.config.Recipe` (``load_recipe(path, overrides)``).
-        callbacks: extra ``transformers.TrainerCallback``\\ s (the LIS validation callback); see
-            :func:`align.trainer.build_trainer` for their order and the best-model metric.
+        callbacks: extra ``transformers.TrainerCallback``\\ s; see :func:`align.trainer.build_trainer`
+            for their order and the best-model metric. With ``recipe.lis.enabled`` the LIS
+            validation callback is added first (:func:`make_lis_callback`), and the run also
+            writes ``lis_report.json``/``.md``, ``lis_curve.png`` and ``evals.jsonl``.
+        evaluator: a ready ``LISEvaluator`` for that callback (rank 0 only; optional).
 
     Returns (on every rank): ``run_dir``, ``best_dir``, ``best_step``, ``best_metric``,
     ``global_step``, ``train_loss``, ``seconds_per_step``, ``n_pairs``, ``n_items``,
@@ -216,6 +243,8 @@ def run_training(recipe, callbacks=None) -> dict:
         return PairDataset(anchors[rows], positives[rows], weights[rows])
 
     collator = PairCollator(source, use_weights=recipe.loss.use_pair_weights)
+    lis_callback = make_lis_callback(recipe, data, source, items, evaluator) if recipe.lis.enabled else None
+    callbacks = ([lis_callback] if lis_callback else []) + list(callbacks or [])
     trainer = build_trainer(recipe, model, subset(data.train_rows), subset(data.eval_rows), collator,
                             processor=processor, callbacks=callbacks)
     trainer.checkpoint_config = dict(batcher=batcher, trained_until=data.trained_until, base_model=base_model)
@@ -246,6 +275,10 @@ def run_training(recipe, callbacks=None) -> dict:
                               base_model=base_model_id or base_model)
         save_embeddings(tmp / "embeddings.safetensors", table)
         _replace_dir(tmp, best_dir)
+        if lis_callback is not None:
+            from align.lis_callback import write_lis_report
+
+            write_lis_report(lis_callback.final_report(table), out_dir)
         run = {
             "base_model": base_model, "base_model_id": base_model_id, "family": family.name,
             "best_step": int(best_step), "best_metric": best_metric, "recipe": recipe.to_dict(),
@@ -255,6 +288,8 @@ def run_training(recipe, callbacks=None) -> dict:
                      "n_truncated_texts": int(truncated), "trained_until": int(data.trained_until),
                      "windows": data.windows.to_dict()},
             "global_step": int(trainer.state.global_step), "seconds_per_step": seconds_per_step,
+            "lis_callback_seconds": dict(lis_callback.seconds) if lis_callback else None,
+            "train_seconds": result.metrics.get("train_runtime"),
         }
         write_json(out_dir / "run.json", run)
     trainer.accelerator.wait_for_everyone()
@@ -262,7 +297,8 @@ def run_training(recipe, callbacks=None) -> dict:
             "best_metric": best_metric, "global_step": int(trainer.state.global_step),
             "train_loss": float(result.training_loss), "seconds_per_step": seconds_per_step,
             "n_pairs": int(len(data.pairs)), "n_items": int(len(catalogue)), "n_truncated_texts": int(truncated),
-            "embeddings": str(best_dir / "embeddings.safetensors"), "trainer": trainer}
+            "embeddings": str(best_dir / "embeddings.safetensors"), "trainer": trainer,
+            "lis_callback": lis_callback}
 
 
 def _best_metrics(state, best_step: int, metric: str | None) -> dict:

@@ -20,21 +20,26 @@ from lis.threads import one_torch_thread
 
 
 class _MF(torch.nn.Module):
-    """logit = b + b_user + b_item + <p_user, q_item>."""
+    """logit = b + b_user + b_item + <p_user, q_item> (+ w . dense, when dense columns are given)."""
 
-    def __init__(self, n_users: int, n_items: int, dim: int, generator: torch.Generator):
+    def __init__(self, n_users: int, n_items: int, dim: int, generator: torch.Generator, n_dense: int = 0):
         super().__init__()
         self.bias = torch.nn.Parameter(torch.zeros(1))
+        # Linear term over standardised dense columns (full mode); zero-initialised so the
+        # ID part and the dense part start from the same place for every table.
+        self.dense_weight = torch.nn.Parameter(torch.zeros(n_dense))
         self.user_bias = torch.nn.Parameter(torch.zeros(n_users))
         self.item_bias = torch.nn.Parameter(torch.zeros(n_items))
         # Small init: the dot term starts near 0 so the biases learn the base rates first.
         self.user_vec = torch.nn.Parameter(torch.randn(n_users, dim, generator=generator) * 0.01)
         self.item_vec = torch.nn.Parameter(torch.randn(n_items, dim, generator=generator) * 0.01)
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor):
+    def forward(self, users: torch.Tensor, items: torch.Tensor, dense: torch.Tensor | None = None):
         p = self.user_vec[users]
         q = self.item_vec[items]
         logit = self.bias + self.user_bias[users] + self.item_bias[items] + (p * q).sum(-1)
+        if dense is not None:
+            logit = logit + dense @ self.dense_weight
         # L2 on the rows this batch touches (frequency-aware regularisation, as usual for MF).
         penalty = (p * p).sum(-1).mean() + (q * q).sum(-1).mean()
         return logit, penalty
@@ -52,13 +57,19 @@ class IdCtrRanker:
     Cold start: users or items unseen in training get bias 0 and a zero vector, so their
     logit is the global bias plus whatever side is known.
 
-    Limits: no history/sequence term and no side features (text, category); it is a
-    deliberately simple, robust baseline. Users with their own production ranker should
-    pass its scores as a ``base_logit`` column instead.
+    Dense inputs (the evaluator's full mode): ``fit(..., dense=X)`` adds a linear term
+    ``w . standardise(X)`` trained jointly with the factors (no L2 on ``w``: it has a handful
+    of columns and a full fit window of rows); ``predict_logits(rows, dense=X)`` then needs
+    the same columns. Columns are standardised with the training rows' mean and standard
+    deviation (a constant column gets scale 1, so a zero slope).
+
+    Limits: no history/sequence term and no side features (text, category) beyond the dense
+    columns; it is a deliberately simple, robust baseline. Users with their own production
+    ranker should pass its scores as a ``base_logit`` column instead.
     """
 
     def __init__(self, user_index: pd.Index, item_index: pd.Index, model: _MF, item_counts: np.ndarray,
-                 trained_until: int | None, history: list[dict]):
+                 trained_until: int | None, history: list[dict], dense_scaling: tuple | None = None):
         self.user_index = user_index
         self.item_index = item_index
         self.item_counts = item_counts
@@ -70,6 +81,14 @@ class IdCtrRanker:
             self._item_bias = model.item_bias.detach().double().numpy().copy()
             self._user_vec = model.user_vec.detach().double().numpy().copy()
             self._item_vec = model.item_vec.detach().double().numpy().copy()
+            self._dense_weight = model.dense_weight.detach().double().numpy().copy()
+        # (mean, scale) of the dense training columns; None when fitted without dense inputs.
+        self._dense_scaling = dense_scaling
+
+    @property
+    def n_dense(self) -> int:
+        """Number of dense input columns the ranker was fitted with (0: ID-only)."""
+        return len(self._dense_weight)
 
     @property
     def dim(self) -> int:
@@ -78,7 +97,7 @@ class IdCtrRanker:
     @classmethod
     def fit(cls, log_fit: pd.DataFrame, dim: int = 32, epochs: int = 30, seed: int = 0, lr: float = 0.01,
             l2: float = 0.03, batch_size: int = 8192, valid_fraction: float = 0.1, patience: int = 2,
-            refit: bool = True, name: str = "log") -> "IdCtrRanker":
+            refit: bool = True, name: str = "log", dense=None) -> "IdCtrRanker":
         """Train on ``log_fit`` (columns ``user_id``, ``item_id``, ``label``, ``timestamp``).
 
         Options: ``dim`` factor size; ``epochs`` upper bound (early stopping usually ends
@@ -87,8 +106,11 @@ class IdCtrRanker:
         epoch); ``valid_fraction`` of the rows (latest by time) held out for early
         stopping, with ``patience`` epochs without improvement; ``refit`` retrains on all
         rows for the best epoch count (otherwise the selection run's best state is kept).
+        ``dense``: optional (n_rows, k) array of extra numeric inputs, one row per row of
+        ``log_fit`` (finite), entering the logit linearly after standardisation.
         """
         _check_fit_args(log_fit, dim, epochs, batch_size, valid_fraction, name)
+        dense_tensor, dense_scaling = _standardised_dense(dense, len(log_fit), name)
         user_index = pd.Index(pd.unique(log_fit["user_id"].astype(str)))
         item_index = pd.Index(pd.unique(log_fit["item_id"].astype(str)))
         users = torch.from_numpy(user_index.get_indexer(log_fit["user_id"].astype(str)).astype(np.int64))
@@ -107,7 +129,8 @@ class IdCtrRanker:
         # Small logs still get >= 32 Adam steps per epoch (8192-row batches would give a
         # 20k-row log 3 steps an epoch and never converge within `epochs`).
         batch_size = int(min(batch_size, max(512, -(-len(order) // 32))))
-        train = dict(users=users, items=items, labels=labels, lr=lr, l2=l2, batch_size=batch_size)
+        train = dict(users=users, items=items, labels=labels, lr=lr, l2=l2, batch_size=batch_size,
+                     dense=dense_tensor)
 
         with one_torch_thread():
             if n_valid > 0:
@@ -117,10 +140,14 @@ class IdCtrRanker:
                     model, _, _ = _train(sizes, seed, best_epochs, all_rows, None, patience, **train)
             else:
                 model, history, _ = _train(sizes, seed, epochs, torch.from_numpy(order), None, patience, **train)
-        return cls(user_index, item_index, model, item_counts, trained_until, history)
+        return cls(user_index, item_index, model, item_counts, trained_until, history, dense_scaling)
 
-    def predict_logits(self, log_rows: pd.DataFrame) -> np.ndarray:
-        """Logits (float64, one per row) for ``user_id``/``item_id`` rows; unknown ids are cold."""
+    def predict_logits(self, log_rows: pd.DataFrame, dense=None) -> np.ndarray:
+        """Logits (float64, one per row) for ``user_id``/``item_id`` rows; unknown ids are cold.
+
+        ``dense`` (n_rows, k) is required exactly when the ranker was fitted with dense inputs
+        (same k columns, same meaning); it is standardised with the training statistics.
+        """
         u = self.user_index.get_indexer(log_rows["user_id"].astype(str))
         i = self.item_index.get_indexer(log_rows["item_id"].astype(str))
         known_u, known_i = u >= 0, i >= 0
@@ -129,7 +156,20 @@ class IdCtrRanker:
         logits[known_i] += self._item_bias[i[known_i]]
         both = known_u & known_i
         logits[both] += np.einsum("nd,nd->n", self._user_vec[u[both]], self._item_vec[i[both]])
+        if self._dense_scaling is not None or dense is not None:
+            logits += self._dense_term(dense, len(logits))
         return logits
+
+    def _dense_term(self, dense, n_rows: int) -> np.ndarray:
+        if self._dense_scaling is None:
+            raise DataError("ranker: dense inputs were given but the ranker was fitted without them.")
+        if dense is None:
+            raise DataError(f"ranker: fitted with {self.n_dense} dense input columns; pass dense= to predict_logits.")
+        values = _dense_matrix(dense, n_rows, "ranker")
+        if values.shape[1] != self.n_dense:
+            raise DataError(f"ranker: dense inputs have {values.shape[1]} columns; the ranker was fitted on {self.n_dense}.")
+        mean, scale = self._dense_scaling
+        return ((values - mean) / scale) @ self._dense_weight
 
     def item_embeddings(self, min_count: int = 1) -> tuple[list[str], np.ndarray]:
         """``(ids, vectors)``: the item factor table (float32), restricted to items with at
@@ -139,11 +179,12 @@ class IdCtrRanker:
         return ids, self._item_vec[keep].astype(np.float32)
 
 
-def _train(sizes, seed, epochs, rows, valid_rows, patience, *, users, items, labels, lr, l2, batch_size):
+def _train(sizes, seed, epochs, rows, valid_rows, patience, *, users, items, labels, lr, l2, batch_size,
+           dense=None):
     """One training run; returns (model at its best epoch, history, best epoch count)."""
     generator = torch.Generator().manual_seed(int(seed))
     n_users, n_items, dim = sizes
-    model = _MF(n_users, n_items, dim, generator)
+    model = _MF(n_users, n_items, dim, generator, n_dense=0 if dense is None else dense.shape[1])
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     history, best, best_state, best_epochs, stale = [], float("inf"), None, epochs, 0
@@ -153,7 +194,7 @@ def _train(sizes, seed, epochs, rows, valid_rows, patience, *, users, items, lab
         total = 0.0
         for start in range(0, len(shuffled), batch_size):
             batch = shuffled[start: start + batch_size]
-            logit, penalty = model(users[batch], items[batch])
+            logit, penalty = model(users[batch], items[batch], None if dense is None else dense[batch])
             loss = loss_fn(logit, labels[batch])
             optimiser.zero_grad(set_to_none=True)
             (loss + l2 * penalty).backward()
@@ -161,7 +202,7 @@ def _train(sizes, seed, epochs, rows, valid_rows, patience, *, users, items, lab
             total += float(loss.detach()) * len(batch)
         record = {"epoch": epoch, "train_loss": total / max(len(rows), 1)}
         if valid_rows is not None:
-            record["valid_loss"] = _valid_loss(model, users, items, labels, valid_rows, loss_fn)
+            record["valid_loss"] = _valid_loss(model, users, items, labels, valid_rows, loss_fn, dense)
             if record["valid_loss"] < best - 1e-5:
                 best, best_epochs, stale = record["valid_loss"], epoch, 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -176,10 +217,35 @@ def _train(sizes, seed, epochs, rows, valid_rows, patience, *, users, items, lab
 
 
 @torch.no_grad()
-def _valid_loss(model, users, items, labels, rows, loss_fn) -> float:
+def _valid_loss(model, users, items, labels, rows, loss_fn, dense=None) -> float:
     model.eval()
-    logit, _ = model(users[rows], items[rows])
+    logit, _ = model(users[rows], items[rows], None if dense is None else dense[rows])
     return float(loss_fn(logit, labels[rows]))
+
+
+def _dense_matrix(dense, n_rows: int, name: str) -> np.ndarray:
+    """``dense`` as a finite float64 (n_rows, k) matrix, or a DataError naming the first bad cell."""
+    values = np.asarray(dense, dtype=np.float64)
+    if values.ndim == 1:
+        values = values[:, None]
+    if values.ndim != 2 or values.shape[0] != n_rows:
+        raise DataError(f"{name}: dense inputs must be an (n_rows, k) array with one row per impression ({n_rows}); "
+                        f"got shape {values.shape}.")
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row, col = map(int, np.argwhere(bad)[0])
+        raise DataError(f"{name}: dense inputs must be finite; row {row}, column {col} holds {values[row, col]!r}.")
+    return values
+
+
+def _standardised_dense(dense, n_rows: int, name: str):
+    """(float32 tensor of standardised columns, (mean, scale)) or (None, None) without dense inputs."""
+    if dense is None:
+        return None, None
+    values = _dense_matrix(dense, n_rows, name)
+    mean, scale = values.mean(axis=0), values.std(axis=0)
+    scale[scale == 0] = 1.0
+    return torch.from_numpy(((values - mean) / scale).astype(np.float32)), (mean, scale)
 
 
 def _check_fit_args(log_fit, dim, epochs, batch_size, valid_fraction, name):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 FAST = [  # a few seconds of training on 2 cores
     "training.max_steps=6", "training.eval_steps=3", "training.save_steps=3", "training.logging_steps=2",
-    "training.per_device_train_batch_size=16", "training.export_batch_size=64", "lis.early_stopping_patience=null",
+    "training.per_device_train_batch_size=16", "training.export_batch_size=64", "lis.early_stopping_patience=null", "lis.enabled=false",
 ]
 
 

@@ -67,7 +67,7 @@ def test_recipe_trains_one_step_with_a_tiny_stand_in(path, data_dir, stand_ins, 
         f"data.data_dir={data_dir}", "data.image_size=64", f"training.output_dir={tmp_path / 'run'}",
         "training.max_steps=1", "training.eval_steps=1", "training.save_steps=1", "training.bf16=false",
         "training.per_device_train_batch_size=8", "training.dataloader_num_workers=0", "training.report_to=[]",
-        "lis.early_stopping_patience=null",
+        "lis.early_stopping_patience=null", "lis.enabled=false",
     ])
     result = run_training(recipe)
     assert result["global_step"] == 1

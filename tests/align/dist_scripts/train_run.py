@@ -18,7 +18,7 @@ def main():
     recipe = load_recipe("recipes/configs/tiny_cpu.yaml", [
         f"data.data_dir={data_dir}", f"model.path={base_model}", f"training.output_dir={out_dir}",
         "training.max_steps=3", "training.eval_steps=3", "training.save_steps=3", "training.logging_steps=1",
-        "training.per_device_train_batch_size=8", "training.report_to=[]", "lis.early_stopping_patience=null",
+        "training.per_device_train_batch_size=8", "training.report_to=[]", "lis.early_stopping_patience=null", "lis.enabled=false",
         "training.export_batch_size=32", *extra])
     result = run_training(recipe)
     trainer = result["trainer"]

@@ -1,0 +1,291 @@
+"""LIS as the training objective: a ``transformers.TrainerCallback`` that scores every evaluation.
+
+:class:`LISValidationCallback` plugs into any ``Trainer`` whose model exposes an item embedder
+(``model.embedder``, an :class:`align.embedder.ItemEmbedder`):
+
+* **Once, at the start** (``on_train_begin``): rank 0 builds the :class:`lis.evaluator.LISEvaluator`
+  (unless one is passed in), computes the LIS of the training builder and logs it. When the LIS
+  interval includes 0 the run warns that the preference data has no headroom, and
+  ``require_headroom=True`` stops before the first step (a :class:`lis.errors.DataError` on
+  every rank). The untrained model is scored too, as step 0 of the curve.
+* **At every evaluation** (``on_evaluate``): every rank exports its shard of the items the
+  evaluator needs (:func:`align.export.export_embeddings`: the same number of forward passes per
+  rank, so ZeRO-3 cannot hang), rank 0 scores the table with the evaluator's probe, and the
+  metrics are broadcast so every rank adds the same numbers to the Trainer's metrics dict:
+  ``eval_ais_auc``, ``eval_ais_gauc``, ``eval_lis_auc``, ``eval_lis_efficiency`` and their
+  ``_lo``/``_hi`` interval bounds. Because the dict is the one ``Trainer`` passes on to
+  best-checkpoint selection and to callbacks after this one, ``metric_for_best_model``,
+  ``EarlyStoppingCallback``, ``load_best_model_at_end`` and ``save_total_limit`` work unchanged,
+  and every rank takes the same stop decision. Register it *before* ``EarlyStoppingCallback``.
+* **Outputs** (rank 0, all written atomically, in ``out_dir``): ``evals.jsonl`` (one line per
+  evaluation), TensorBoard scalars under ``runs/lis``, and at the end ``lis_report.json``/``.md``
+  (the evaluator's report for the best step's table) and ``lis_curve.png`` (AIS and eta against
+  step with the LIS ceiling drawn).
+
+Limits: ``eval_lis_efficiency`` is NaN while the LIS interval includes 0 (never "best");
+``max_eval_items`` restricts the items exported (and so the impressions scored) for speed; the
+evaluator runs on rank 0's CPU while the other ranks wait in a broadcast.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+from transformers import TrainerCallback
+
+from lis.atomic import write_text
+from lis.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+METRIC_PREFIX = "eval_"
+
+
+class LISValidationCallback(TrainerCallback):
+    """Adds AIS / LIS / efficiency of the model's item embeddings to every evaluation.
+
+    Args:
+        batcher: what the exporter collates items with (an ``ItemBatcher`` or ``ItemCache``).
+        items: catalogue items (dicts with ``item_id``, ``text``, ``image``); only those the
+            evaluator needs are exported.
+        out_dir: where ``evals.jsonl``, ``lis_report.*`` and ``lis_curve.png`` go.
+        builder: the builder whose LIS is the ceiling (the training data's builder).
+        evaluator: a ready :class:`lis.evaluator.LISEvaluator` (rank 0), or None to build one
+            from ``evaluator_factory()`` at the start of training, on rank 0 only.
+        require_headroom: stop before training when the LIS interval includes 0.
+        trained_until: the manifest's ``trained_until`` for exported tables (last fit-window time).
+        export_batch_size: items per forward pass during export.
+        max_eval_items: export at most this many items (the most frequent in the evaluation window).
+    """
+
+    def __init__(self, batcher, items: list[dict], out_dir, builder: str = "co_engagement", evaluator=None,
+                 evaluator_factory=None, require_headroom: bool = False, trained_until: int | None = None,
+                 export_batch_size: int = 64, max_eval_items: int | None = None, model_name: str = "model"):
+        self.batcher = batcher
+        self.all_items = items
+        self.out_dir = Path(out_dir)
+        self.builder = builder
+        self.evaluator = evaluator
+        self.evaluator_factory = evaluator_factory
+        self.require_headroom = require_headroom
+        self.trained_until = trained_until
+        self.export_batch_size = export_batch_size
+        self.max_eval_items = max_eval_items
+        self.model_name = model_name
+        self.lis_scores: dict | None = None
+        self.items: list[dict] | None = None
+        self.history: list[dict] = []
+        self.seconds = {"export": 0.0, "score": 0.0, "setup": 0.0}
+        self._writer = None
+
+    # ------------------------------------------------------------------ set-up
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        from align.distributed import broadcast_object, is_main_process
+
+        start = time.perf_counter()
+        setup = None
+        if is_main_process():
+            setup = self._setup_main()
+        setup = broadcast_object(setup, src=0)
+        self.lis_scores, needed = setup["lis"], set(setup["items"])
+        self.items = [item for item in self.all_items if str(item["item_id"]) in needed]
+        self.seconds["setup"] += time.perf_counter() - start
+        if setup.get("error"):
+            raise DataError(setup["error"])
+        if state.global_step == 0:
+            self._evaluate(model, step=0)
+
+    def _setup_main(self) -> dict:
+        """Rank 0: evaluator, LIS of the builder, the items to export. Errors travel to all ranks."""
+        try:
+            if self.evaluator is None:
+                self.evaluator = self.evaluator_factory()
+            lis = self.evaluator.lis(self.builder)
+        except DataError as error:
+            return {"lis": None, "items": [], "error": str(error)}
+        lo, hi = lis["auc_gain_ci"]
+        logger.info("LIS of builder '%s': AUC gain %+.4f [%+.4f, %+.4f] (%d pairs)", self.builder,
+                    lis["auc_gain"], lo, hi, lis["n_pairs"])
+        error = None
+        if lo <= 0.0:
+            message = (f"LIS of builder '{self.builder}' is {lis['auc_gain']:+.4f} with a 95% interval "
+                       f"[{lo:+.4f}, {hi:+.4f}] that includes 0: the preference data has no measurable headroom "
+                       "for this ranker; training on it cannot be shown to help.")
+            logger.warning(message)
+            if self.require_headroom:
+                error = message + " Stopping before training (lis.require_headroom: true)."
+        return {"lis": lis, "items": self.needed_item_ids(), "error": error}
+
+    def needed_item_ids(self) -> list[str]:
+        """Items the evaluator's features touch (candidates and histories), most frequent first."""
+        log_items = self.evaluator.eval_log["item_id"].astype(str)
+        counts = log_items.value_counts()
+        history = set(self.evaluator.index.item_ids)
+        ordered = list(counts.index) + sorted(history - set(counts.index))
+        catalogue = {str(item["item_id"]) for item in self.all_items}
+        ordered = [item for item in ordered if item in catalogue]
+        return ordered[: self.max_eval_items] if self.max_eval_items else ordered
+
+    # ------------------------------------------------------------------ every evaluation
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        scores = self._evaluate(model, step=state.global_step)
+        if metrics is not None:
+            metrics.update(scores)
+
+    def _evaluate(self, model, step: int) -> dict:
+        from align.distributed import broadcast_object, is_main_process
+        from align.export import export_embeddings
+
+        embedder = _embedder_of(model)
+        start = time.perf_counter()
+        table = export_embeddings(embedder, self.batcher, self.items, batch_size=self.export_batch_size,
+                                  manifest={"model": self.model_name, "step": int(step),
+                                            "trained_until": self.trained_until}, progress=False)
+        self.seconds["export"] += time.perf_counter() - start
+        start = time.perf_counter()
+        scores = self._score(table, step) if is_main_process() else None
+        scores = broadcast_object(scores, src=0)
+        self.seconds["score"] += time.perf_counter() - start
+        self.history.append({"step": int(step), **scores})
+        if is_main_process():
+            self._log(step, scores)
+        return scores
+
+    def _score(self, table, step: int) -> dict:
+        ais = self.evaluator.score_table(table, name=f"step_{step}")
+        lis = self.lis_scores
+        eta = self.evaluator.efficiency(ais, lis)
+        out = {
+            "ais_auc": ais["auc_gain"], "ais_auc_lo": ais["auc_gain_ci"][0], "ais_auc_hi": ais["auc_gain_ci"][1],
+            "ais_gauc": ais["gauc_gain"], "ais_gauc_lo": ais["gauc_gain_ci"][0], "ais_gauc_hi": ais["gauc_gain_ci"][1],
+            "ais_coverage": ais["coverage"],
+            "lis_auc": lis["auc_gain"], "lis_auc_lo": lis["auc_gain_ci"][0], "lis_auc_hi": lis["auc_gain_ci"][1],
+            "lis_efficiency": math.nan if eta is None else eta,
+        }
+        if eta is not None:
+            out["lis_efficiency_lo"] = ais["auc_gain_ci"][0] / lis["auc_gain"]
+            out["lis_efficiency_hi"] = ais["auc_gain_ci"][1] / lis["auc_gain"]
+        return {METRIC_PREFIX + key: float(value) for key, value in out.items()}
+
+    def _log(self, step: int, scores: dict) -> None:
+        line = json.dumps({"step": int(step), "time": round(time.time(), 3), **_finite(scores)})
+        path = self.out_dir / "evals.jsonl"
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        # Append-only log: each line is complete or absent (one write of a whole line).
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+        logger.info("step %d: AIS AUC gain %+.4f [%+.4f, %+.4f], eta %s", step, scores["eval_ais_auc"],
+                    scores["eval_ais_auc_lo"], scores["eval_ais_auc_hi"],
+                    "n/a" if math.isnan(scores["eval_lis_efficiency"]) else f"{scores['eval_lis_efficiency']:.2f}")
+        writer = self._tensorboard()
+        if writer is not None:
+            for key, value in scores.items():
+                if math.isfinite(value):
+                    writer.add_scalar("lis/" + key[len(METRIC_PREFIX):], value, step)
+            writer.flush()
+
+    def _tensorboard(self):
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                self._writer = False
+                return None
+            self._writer = SummaryWriter(log_dir=str(self.out_dir / "runs" / "lis"))
+        return self._writer or None
+
+    # ------------------------------------------------------------------ the end
+    def on_train_end(self, args, state, control, **kwargs):
+        from align.distributed import is_main_process
+
+        if not is_main_process() or not self.history:
+            return
+        if self._writer:
+            self._writer.close()
+        best_step = state.best_global_step or self.best_entry(args.metric_for_best_model)["step"]
+        write_curve(self.history, self.lis_scores, self.out_dir / "lis_curve.png", best_step=best_step,
+                    builder=self.builder)
+        logger.info("LIS callback time: export %.1f s, scoring %.1f s, set-up %.1f s", self.seconds["export"],
+                    self.seconds["score"], self.seconds["setup"])
+
+    def best_entry(self, metric: str | None = None) -> dict:
+        metric = metric or "eval_ais_auc"
+        scored = [h for h in self.history if math.isfinite(h.get(metric, math.nan))]
+        return max(scored, key=lambda h: h[metric]) if scored else self.history[-1]
+
+    def final_report(self, table, builders=None) -> dict:
+        """The evaluator's full report for ``table`` (the best checkpoint's export), with the curve."""
+        builders = builders or [self.builder]
+        report = self.evaluator.report({self.model_name: table}, builders=builders)
+        report["curve"] = [_finite(h) for h in self.history]
+        report["callback_seconds"] = dict(self.seconds)
+        return report
+
+
+def _embedder_of(model):
+    inner = getattr(model, "module", model)
+    if hasattr(inner, "embedder"):
+        return inner.embedder
+    raise DataError("LISValidationCallback: the Trainer's model has no 'embedder' attribute (an ItemEmbedder); "
+                    "wrap the VLM in align.trainer.AlignmentModel.")
+
+
+def _finite(entry: dict) -> dict:
+    return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in entry.items()}
+
+
+def write_curve(history: list[dict], lis: dict, png_path, best_step: int | None = None, builder: str = "") -> None:
+    """PNG of AIS (with intervals) and eta against step, the LIS ceiling drawn as a band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lis.atomic import atomic_path
+
+    steps = np.array([h["step"] for h in history])
+    ais = np.array([h["eval_ais_auc"] for h in history])
+    lo = np.array([h["eval_ais_auc_lo"] for h in history])
+    hi = np.array([h["eval_ais_auc_hi"] for h in history])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.fill_between(steps, lo, hi, alpha=0.25, color="tab:orange")
+    left.plot(steps, ais, marker="o", color="tab:orange", label="AIS (AUC gain)")
+    left.axhline(lis["auc_gain"], color="tab:blue", linestyle="--", label=f"LIS ceiling ({builder})")
+    left.axhspan(*lis["auc_gain_ci"], color="tab:blue", alpha=0.12)
+    left.axhline(0.0, color="black", linewidth=0.8)
+    if best_step is not None:
+        left.axvline(best_step, color="grey", linestyle=":", label=f"best step {best_step}")
+    left.set_xlabel("step")
+    left.set_ylabel("AUC gain over the base ranker")
+    left.set_title("AIS against the LIS ceiling", fontsize=10)
+    left.legend(fontsize=8)
+    eta = np.array([h.get("eval_lis_efficiency", math.nan) for h in history], dtype=float)
+    right.plot(steps, eta, marker="o", color="tab:green")
+    right.axhline(1.0, color="tab:blue", linestyle="--", linewidth=1)
+    right.set_xlabel("step")
+    right.set_ylabel("eta = AIS / LIS")
+    right.set_title("efficiency" + ("" if np.isfinite(eta).any() else " (n/a: LIS interval includes 0)"), fontsize=10)
+    fig.tight_layout()
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def write_lis_report(report: dict, out_dir) -> None:
+    """``lis_report.json`` + ``lis_report.md`` (the evaluator's layout, plus the curve)."""
+    from lis.atomic import write_json
+    from lis.report import render_markdown
+
+    out_dir = Path(out_dir)
+    write_json(out_dir / "lis_report.json", report)
+    lines = [render_markdown(report), "## Curve", "", "| step | AIS AUC gain [95% CI] | eta |", "|---|---|---|"]
+    for h in report.get("curve", []):
+        eta = h.get("eval_lis_efficiency")
+        lines.append(f"| {h['step']} | {h['eval_ais_auc']:+.4f} [{h['eval_ais_auc_lo']:+.4f}, {h['eval_ais_auc_hi']:+.4f}] | "
+                     f"{'n/a' if eta is None else f'{eta:.2f}'} |")
+    write_text(out_dir / "lis_report.md", "\n".join(lines) + "\n")
+
