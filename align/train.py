@@ -255,6 +255,9 @@ def run_training(recipe, callbacks=None, evaluator=None) -> dict:
 
     best_step = trainer.state.best_global_step or trainer.state.global_step
     best_metric = _best_metrics(trainer.state, best_step, trainer.args.metric_for_best_model)
+    if lis_callback is not None:  # its metrics join the dict after Trainer logged it
+        best_metric.update(next((h for h in lis_callback.history if h["step"] == best_step), {}))
+        best_metric.pop("step", None)
     best_dir = out_dir / "best"
     tmp = out_dir / "best.tmp"
     main = trainer.is_world_process_zero()

@@ -23,7 +23,11 @@ Definitions (DESIGN section 1):
 * ``eta`` = AIS / LIS (AUC gains), reported only when the LIS interval lies above 0.
 
 ``mode='full'`` replaces the probe by retraining the ID ranker on the fit window with the
-controls and phi as dense inputs (slower; the cross-check that both modes order tables alike).
+controls and phi as dense inputs (slower; the cross-check that both modes order tables alike):
+Gain = metric(ranker fitted with [controls, phi]) - metric(ranker fitted with [controls]), both
+scored on probe-test (the probe-fit half is not used). For LIS in full mode the fit-window
+features of a user come from the oracle of that user's fold, as on the evaluation window.
+Full mode needs the built-in ranker (a ``base_logit`` column cannot be retrained).
 
 Limits: one evaluation window; histories come from the same log; segments are computed from
 the probe scores of the whole probe-test half (no refit per segment).
@@ -38,7 +42,7 @@ import pandas as pd
 from lis.builders import build_pairs
 from lis.embeddings import EmbeddingTable
 from lis.errors import ConfigError, DataError
-from lis.features import HistoryIndex
+from lis.features import CONTROL_NAMES, HistoryIndex
 from lis.metrics import auc, gauc, paired_bootstrap, user_resamples
 from lis.oracle import fit_pair_embeddings
 from lis.probe import probe_gain
@@ -57,6 +61,7 @@ class EvaluatorConfig:
     ranker_dim: int = 32
     n_bootstrap: int = 200
     folds: int = 2
+    mode: str = "probe"  # probe | full (retrain the built-in ranker with the features)
     lis_mode: str = "embedding"  # embedding | pairs
     oracle_dim: int = 64
     oracle_steps: int = 600
@@ -67,6 +72,11 @@ class EvaluatorConfig:
     def check(self) -> None:
         if self.ranker not in ("builtin", "column"):
             raise ConfigError(f"evaluator option 'ranker' must be 'builtin' or 'column'; got {self.ranker!r}.")
+        if self.mode not in ("probe", "full"):
+            raise ConfigError(f"evaluator option 'mode' must be 'probe' or 'full'; got {self.mode!r}.")
+        if self.mode == "full" and self.ranker != "builtin":
+            raise ConfigError("evaluator option 'mode' is 'full', which retrains the built-in ranker; it cannot "
+                              "retrain a 'base_logit' column (ranker 'column'): use mode 'probe' or ranker 'builtin'.")
         if self.lis_mode not in ("embedding", "pairs"):
             raise ConfigError(f"evaluator option 'lis_mode' must be 'embedding' or 'pairs'; got {self.lis_mode!r}.")
         if self.folds < 2:
@@ -112,6 +122,7 @@ class LISEvaluator:
         self.fold = self.fold_of_user.reindex(self.users).to_numpy()
         self._lis_cache: dict = {}
         self._full = None
+        self._full_baselines: dict = {}
 
     # ------------------------------------------------------------------ basics
     def _assign_folds(self) -> pd.Series:
@@ -151,12 +162,30 @@ class LISEvaluator:
     def table_features(self, table: EmbeddingTable) -> tuple[np.ndarray, np.ndarray]:
         return self.index.features(table), self.index.controls(table)
 
+    def check_overlap(self, table: EmbeddingTable, name: str) -> None:
+        """Refuse a table that shares no item with the log (almost always an id-format mismatch)."""
+        if not self.index.present_items(table.ids).any():
+            raise DataError(
+                f"{name}: none of its {len(table.ids)} item ids occurs in the log (table ids look like "
+                f"{table.ids[0]!r}, log item ids like {str(self.index.item_ids[0])!r}); it cannot be scored."
+            )
+
     def score_table(self, table: EmbeddingTable, name: str = "table", return_scores: bool = False) -> dict:
-        """AIS of ``table``: gains with intervals and coverage (``mode='probe'``)."""
+        """AIS of ``table``: gains with intervals and ``coverage`` (share of evaluation impressions
+        whose candidate has a vector; missing items are scored through the missing flags).
+
+        Uses the probe, or :meth:`score_table_full` when the config says ``mode='full'``.
+        Raises :class:`DataError` for a table trained into the evaluation window or sharing no
+        item with the log.
+        """
+        if self.config.mode == "full":
+            return self.score_table_full(table, name, return_scores)
         self.check_table(table, name)
+        self.check_overlap(table, name)
         phi, controls = self.table_features(table)
         out = self._gain(phi, controls, return_scores)
         out["coverage"] = self.coverage(table)
+        out["mode"] = "probe"
         return out
 
     # ------------------------------------------------------------------ LIS
@@ -197,28 +226,36 @@ class LISEvaluator:
                                                    seed=self.config.seed + fold, source=f"oracle:{builder}"))
         return oracles, counts
 
-    def oracle_features(self, oracles) -> tuple[np.ndarray, np.ndarray]:
-        """Cross-fitted features: each impression gets the oracle of its own user's fold."""
-        n = len(self.index.rows)
+    def oracle_features(self, oracles, index: HistoryIndex | None = None,
+                        fold: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Cross-fitted features: each impression gets the oracle of its own user's fold.
+
+        Defaults to the evaluation-window index; full mode passes the fit-window index and
+        the fold of each of its impressions.
+        """
+        index = self.index if index is None else index
+        fold = self.fold if fold is None else fold
+        n = len(index.rows)
         phi = np.zeros((n, 3), dtype=np.float32)
         controls = np.zeros((n, 3), dtype=np.float32)
-        for fold, oracle in enumerate(oracles):
-            mask = self.fold == fold
+        for k, oracle in enumerate(oracles):
+            mask = fold == k
             if not mask.any():
                 continue
-            sub = self.index.subset(mask)
+            sub = index.subset(mask)
             if isinstance(oracle, EmbeddingTable):
                 phi[mask], controls[mask] = sub.features(oracle), sub.controls(oracle)
             else:
-                weights, present = self._pair_matrix(oracle)
+                weights, present = self._pair_matrix(oracle, index)
                 phi[mask] = sub.pair_features(weights)
                 controls[mask] = sub.controls(present=present)
         return phi, controls
 
-    def _pair_matrix(self, pairs: pd.DataFrame):
+    def _pair_matrix(self, pairs: pd.DataFrame, index: HistoryIndex | None = None):
         import scipy.sparse as sp
 
-        lookup = pd.Index(self.index.item_ids)
+        index = self.index if index is None else index
+        lookup = pd.Index(index.item_ids)
         a = lookup.get_indexer(pairs["anchor_id"].astype(str))
         p = lookup.get_indexer(pairs["positive_id"].astype(str))
         keep = (a >= 0) & (p >= 0)
@@ -227,30 +264,57 @@ class LISEvaluator:
         n = len(lookup)
         matrix = sp.coo_matrix((w, (a[keep], p[keep])), shape=(n, n)).tocsr()
         matrix = matrix.maximum(matrix.T)  # candidate->history and history->candidate alike
-        present = self.index.present_items(np.unique(np.concatenate([pairs["anchor_id"], pairs["positive_id"]]).astype(str)))
+        present = index.present_items(np.unique(np.concatenate([pairs["anchor_id"], pairs["positive_id"]]).astype(str)))
         return matrix, present
 
-    def lis(self, builder: str, transform=None, cache: bool = True, **options) -> dict:
-        """LIS of ``builder``: cross-fitted leaked-oracle gain with intervals, and pair counts."""
-        key = (builder, tuple(sorted(options.items())), self.config.lis_mode)
-        if cache and transform is None and key in self._lis_cache:
-            return self._lis_cache[key]
+    def lis(self, builder: str, transform=None, cache: bool = True, return_scores: bool = False,
+            **options) -> dict:
+        """LIS of ``builder``: cross-fitted leaked-oracle gain with intervals, and pair counts.
+
+        Results are cached per (builder, options, modes) unless ``transform`` is given or
+        ``cache=False``; a cached call returns a fresh copy of the stored dict.
+        ``return_scores`` adds the probe-test score vectors (``scores_with``, ``scores_without``)
+        so that a caller can bootstrap a paired difference against an AIS.
+        """
+        key = (builder, tuple(sorted(options.items())), self.config.lis_mode, self.config.mode)
+        out = self._lis_cache.get(key) if cache and transform is None else None
+        if out is None:
+            out = self._compute_lis(builder, transform, **options)
+            if cache and transform is None:
+                self._lis_cache[key] = out
+        if return_scores:
+            return dict(out)
+        return {k: v for k, v in out.items() if k not in ("scores_with", "scores_without")}
+
+    def _compute_lis(self, builder: str, transform=None, **options) -> dict:
         oracles, counts = self.oracle_tables(builder, transform=transform, **options)
         phi, controls = self.oracle_features(oracles)
-        out = self._gain(phi, controls)
+        if self.config.mode == "full":
+            full = self._full_mode()
+            phi_fit, controls_fit = self.oracle_features(oracles, full["index"], full["fold"])
+            out = self._full_gain(np.hstack([controls_fit, phi_fit]), np.hstack([controls, phi]), True)
+        else:
+            out = self._gain(phi, controls, return_scores=True)
+            out["mode"] = "probe"
         out["n_pairs"] = int(np.mean(counts))  # per fold: each oracle saw its own leaked slice
-        out["mode"] = self.config.lis_mode
-        if cache and transform is None:
-            self._lis_cache[key] = out
+        out["lis_mode"] = self.config.lis_mode
         return out
 
     def past_pairs(self, builder: str, **options) -> pd.DataFrame:
         """Pairs of ``builder`` built from the fit window only: what a model may legally train on."""
         return self.builder_pairs(builder, self.fit_log, **options)
 
-    def past_table(self, builder: str, dim: int | None = None, steps: int | None = None, **options) -> EmbeddingTable:
-        """A free table fitted to the builder's fit-window pairs (the 'trained on the past' reference)."""
+    def past_table(self, builder: str, dim: int | None = None, steps: int | None = None, transform=None,
+                   **options) -> EmbeddingTable:
+        """A free table fitted to the builder's fit-window pairs (the 'trained on the past' reference).
+
+        ``transform(pairs, None)`` may alter the pairs first (the same callable as :meth:`lis`
+        takes; the fold is None because the past is not cross-fitted). Its manifest says
+        ``trained_until = eval_start - 1``, so AIS accepts it.
+        """
         pairs = self.past_pairs(builder, **options)
+        if transform is not None:
+            pairs = transform(pairs, None)
         return fit_pair_embeddings(pairs, dim=dim or self.config.oracle_dim, steps=steps or self.config.oracle_steps,
                                    seed=self.config.seed, trained_until=self.windows.eval_start - 1,
                                    source=f"past:{builder}")
@@ -300,32 +364,62 @@ class LISEvaluator:
         return out
 
     # ------------------------------------------------------------------ full mode
-    def score_table_full(self, table: EmbeddingTable, name: str = "table") -> dict:
-        """AIS in full mode: retrain the ranker on the fit window with [controls, phi] as inputs."""
+    def score_table_full(self, table: EmbeddingTable, name: str = "table", return_scores: bool = False) -> dict:
+        """AIS in full mode: retrain the ranker on the fit window with [controls, phi] as inputs.
+
+        Costs two ranker fits per table (one when the table's controls match an earlier
+        table's: the controls-only baseline is cached), i.e. seconds on 100k impressions.
+        """
         self.check_table(table, name)
+        self.check_overlap(table, name)
         full = self._full_mode()
-        phi_fit, controls_fit = full["index"].features(table), full["index"].controls(table)
+        dense_fit = np.hstack([full["index"].controls(table), full["index"].features(table)])
         phi, controls = self.table_features(table)
-        return self._full_gain(full, controls_fit, phi_fit, controls, phi)
+        out = self._full_gain(dense_fit, np.hstack([controls, phi]), return_scores)
+        out["coverage"] = self.coverage(table)
+        return out
 
     def _full_mode(self) -> dict:
+        """Fit-window history index, rows and folds (built on first use: probe mode never needs them)."""
         if self._full is None:
             fit_mask = self.windows.mask(self.log, "fit")
             index = HistoryIndex.build(self.log, fit_mask, max_len=self.config.history_len, name=self.name)
-            self._full = {"index": index, "log": self.log.iloc[index.rows].reset_index(drop=True)}
+            log = self.log.iloc[index.rows].reset_index(drop=True)
+            fold = self.fold_of_user.reindex(log["user_id"].astype(str)).to_numpy()
+            self._full = {"index": index, "log": log, "fold": fold}
         return self._full
 
-    def _full_gain(self, full, controls_fit, phi_fit, controls_eval, phi_eval) -> dict:
+    def _full_ranker(self, dense_fit: np.ndarray) -> IdCtrRanker:
+        return IdCtrRanker.fit(self._full_mode()["log"], dim=self.config.ranker_dim, seed=self.config.seed,
+                               dense=dense_fit, name=self.name)
+
+    def _full_baseline(self, controls_fit: np.ndarray) -> IdCtrRanker:
+        """The controls-only ranker, cached by the controls' bytes (equal for equal coverage)."""
+        import hashlib
+
+        key = hashlib.sha1(np.ascontiguousarray(controls_fit).tobytes()).hexdigest()
+        if key not in self._full_baselines:
+            self._full_baselines[key] = self._full_ranker(controls_fit)
+        return self._full_baselines[key]
+
+    def _full_gain(self, dense_fit: np.ndarray, dense_eval: np.ndarray, return_scores: bool = False) -> dict:
+        """Gain of the ranker fitted with all dense columns over the one fitted with the controls
+        (the first ``len(CONTROL_NAMES)`` columns), both scored on probe-test; same keys as the probe."""
+        n_controls = len(CONTROL_NAMES)
         test = self.is_test
-        scores = {}
-        for label, dense_fit, dense_eval in (("without", controls_fit, controls_eval),
-                                             ("with", np.hstack([controls_fit, phi_fit]), np.hstack([controls_eval, phi_eval]))):
-            ranker = IdCtrRanker.fit(full["log"], dim=self.config.ranker_dim, seed=self.config.seed, dense=dense_fit,
-                                     name=self.name)
-            scores[label] = ranker.predict_logits(self.eval_log.loc[test], dense=dense_eval[test])
-        stats = paired_bootstrap(self.labels[test], scores["with"], scores["without"], resamples=self.resamples)
-        return {f"{m}_{k}": v for m, s in stats.items() for k, v in
-                (("with", s["with"]), ("without", s["without"]), ("gain", s["gain"]), ("gain_ci", s["gain_ci"]))}
+        rows = self.eval_log.loc[test]
+        without = self._full_baseline(dense_fit[:, :n_controls])
+        scores_without = without.predict_logits(rows, dense=dense_eval[test, :n_controls])
+        scores_with = self._full_ranker(dense_fit).predict_logits(rows, dense=dense_eval[test])
+        stats = paired_bootstrap(self.labels[test], scores_with, scores_without, resamples=self.resamples)
+        out = {"n_fit": int(len(dense_fit)), "n_test": int(test.sum()), "n_resamples": len(self.resamples),
+               "level": 0.95, "mode": "full"}
+        for metric, values in stats.items():
+            for key in ("with", "without", "gain", "gain_ci", "gain_se"):
+                out[f"{metric}_{key}"] = values[key]
+        if return_scores:
+            out["scores_with"], out["scores_without"] = scores_with, scores_without
+        return out
 
     # ------------------------------------------------------------------ the report
     def report(self, tables: dict[str, EmbeddingTable] | None = None, builders=("co_engagement",),
@@ -352,7 +446,7 @@ class LISEvaluator:
 
 
 PUBLIC_KEYS = ("auc_with", "auc_without", "auc_gain", "auc_gain_ci", "gauc_with", "gauc_without", "gauc_gain",
-               "gauc_gain_ci", "n_pairs", "mode", "coverage", "n_fit", "n_test")
+               "gauc_gain_ci", "n_pairs", "mode", "lis_mode", "coverage", "n_fit", "n_test")
 
 
 def _public(scores: dict) -> dict:

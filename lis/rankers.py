@@ -234,7 +234,7 @@ def _dense_matrix(dense, n_rows: int, name: str) -> np.ndarray:
     bad = ~np.isfinite(values)
     if bad.any():
         row, col = map(int, np.argwhere(bad)[0])
-        raise DataError(f"{name}: dense inputs must be finite; row {row}, column {col} holds {values[row, col]!r}.")
+        raise DataError(f"{name}: dense inputs must be finite; row {row}, column {col} holds {describe_value(values[row, col])}.")
     return values
 
 

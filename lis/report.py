@@ -36,7 +36,7 @@ def render_markdown(report: dict) -> str:
                 lines.append(f"| {name} | {info.get('from', '')} | {info.get('to', '')} | {info['rows']} | {info.get('positives', '')} |")
         lines.append("")
     lines += [f"Base ranker ({base.get('source', 'builtin')}): AUC {base['auc']:.4f}, GAUC {base['gauc']:.4f} "
-              "on the probe-test half of the evaluation window.", ""]
+              "on the probe-test half of the evaluation window." + _modes(report.get("config") or {}), ""]
     if report.get("lis"):
         lines += ["## LIS: the ceiling of each preference-data builder", "",
                   "| builder | pairs | AUC gain [95% CI] | GAUC gain [95% CI] |", "|---|---|---|---|"]
@@ -52,10 +52,37 @@ def render_markdown(report: dict) -> str:
             cells = "".join(f" {_fmt_eta(etas.get(b))} |" for b in builders)
             lines.append(f"| {name} | {scores['coverage']:.1%} | {_fmt_gain(scores, 'auc_gain')} | {_fmt_gain(scores, 'gauc_gain')} |{cells}")
         lines.append("")
+    lines += _segment_lines(report.get("segments") or {})
     verdict = report.get("verdict")
     if verdict:
         lines += [f"**Verdict: `{verdict['code']}`.** {verdict['advice']}", ""]
     return "\n".join(lines)
+
+
+def _segment_lines(segments: dict) -> list[str]:
+    """One row per segment, one column per table: AUC gain [95% CI] (or why it is undefined)."""
+    tables = [name for name, rows in segments.items() if rows]
+    if not tables:
+        return []
+    names = list(dict.fromkeys(seg for t in tables for seg in segments[t]))
+    lines = ["## AIS by segment (AUC gain [95% CI]; probe-test impressions)", "",
+             "| segment | impressions |" + "".join(f" {t} |" for t in tables), "|---|---|" + "---|" * len(tables)]
+    for seg in names:
+        cells = [segments[t].get(seg, {}) for t in tables]
+        n = next((c["n"] for c in cells if "n" in c), "")
+        text = "".join(f" {_fmt_gain(c, 'auc_gain') if c.get('auc_gain') is not None else c.get('note', '')} |"
+                       for c in cells)
+        lines.append(f"| {seg} | {n} |{text}")
+    lines.append("")
+    return lines
+
+
+def _modes(config: dict) -> str:
+    if "mode" not in config:
+        return ""
+    how = "a probe on [base_logit, controls, features]" if config["mode"] == "probe" else \
+        "the ranker retrained with the features (full mode)"
+    return f" Gains: {how}; LIS oracle: {config.get('lis_mode', 'embedding')} mode."
 
 
 def _fmt_eta(eta) -> str:

@@ -83,3 +83,42 @@ def test_column_base_logits_pass_through_and_are_validated(world):
         base_logits(log, source="column", name="log.parquet")
     with pytest.raises(DataError, match="column 'base_logit' is missing"):
         base_logits(log.drop(columns="base_logit"), source="column")
+
+
+# ----------------------------------------------------------------------------- dense inputs (full mode)
+def test_dense_inputs_add_a_learned_linear_term(world):
+    log, windows, ranker = world
+    fit, held_out = windows.slice(log, "fit"), windows.slice(log, "eval")
+    rng = np.random.default_rng(5)
+
+    def signal(frame):   # a dense column that knows the label half the time, plus a pure-noise column
+        informative = np.where(rng.random(len(frame)) < 0.5, frame["label"].to_numpy() * 3.0, 0.0)
+        return np.column_stack([informative + rng.normal(size=len(frame)), rng.normal(size=len(frame))])
+
+    with_dense = IdCtrRanker.fit(fit, dim=8, epochs=10, seed=0, dense=signal(fit))
+    assert with_dense.n_dense == 2 and ranker.n_dense == 0
+    assert with_dense._dense_weight[0] > 0.5 > abs(with_dense._dense_weight[1])
+    gain = roc_auc_score(held_out["label"], with_dense.predict_logits(held_out, dense=signal(held_out)))
+    assert gain > roc_auc_score(held_out["label"], ranker.predict_logits(held_out)) + 0.03
+
+
+def test_dense_inputs_must_match_the_fit(world):
+    log, windows, ranker = world
+    fit = windows.slice(log, "fit")
+    dense = np.ones((len(fit), 2))
+    dense[:, 1] = np.arange(len(fit)) % 3
+    with_dense = IdCtrRanker.fit(fit, dim=4, epochs=2, seed=0, dense=dense)
+    rows = fit.head(5)
+    assert np.isfinite(with_dense.predict_logits(rows, dense=dense[:5])).all()
+    with pytest.raises(DataError, match="fitted with 2 dense input columns; pass dense="):
+        with_dense.predict_logits(rows)
+    with pytest.raises(DataError, match="dense inputs have 1 columns; the ranker was fitted on 2"):
+        with_dense.predict_logits(rows, dense=np.ones(5))
+    with pytest.raises(DataError, match="fitted without them"):
+        ranker.predict_logits(rows, dense=dense[:5])
+    bad = dense.copy()
+    bad[3, 1] = np.inf
+    with pytest.raises(DataError, match=r"dense inputs must be finite; row 3, column 1 holds inf"):
+        IdCtrRanker.fit(fit, dim=4, epochs=2, dense=bad, name="log.parquet")
+    with pytest.raises(DataError, match=r"one row per impression"):
+        IdCtrRanker.fit(fit, dim=4, epochs=2, dense=dense[:10])
