@@ -84,13 +84,8 @@ class LISValidationCallback(TrainerCallback):
 
     # ------------------------------------------------------------------ set-up
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        from align.distributed import broadcast_object, is_main_process
-
         start = time.perf_counter()
-        setup = None
-        if is_main_process():
-            setup = self._setup_main()
-        setup = broadcast_object(setup, src=0)
+        setup = _on_main_then_broadcast(self._setup_main)
         self.lis_scores, needed = setup["lis"], set(setup["items"])
         self.items = [item for item in self.all_items if str(item["item_id"]) in needed]
         self.seconds["setup"] += time.perf_counter() - start
@@ -101,20 +96,18 @@ class LISValidationCallback(TrainerCallback):
 
     def _setup_main(self) -> dict:
         """Rank 0: evaluator, LIS of the builder, the items to export. Errors travel to all ranks."""
-        try:
-            if self.evaluator is None:
-                self.evaluator = self.evaluator_factory()
-            lis = self.evaluator.lis(self.builder)
-        except DataError as error:
-            return {"lis": None, "items": [], "error": str(error)}
+        if self.evaluator is None:
+            self.evaluator = self.evaluator_factory()
+        lis = self.evaluator.lis(self.builder)
         lo, hi = lis["auc_gain_ci"]
         logger.info("LIS of builder '%s': AUC gain %+.4f [%+.4f, %+.4f] (%d pairs)", self.builder,
                     lis["auc_gain"], lo, hi, lis["n_pairs"])
         error = None
         if lo <= 0.0:
-            message = (f"LIS of builder '{self.builder}' is {lis['auc_gain']:+.4f} with a 95% interval "
-                       f"[{lo:+.4f}, {hi:+.4f}] that includes 0: the preference data has no measurable headroom "
-                       "for this ranker; training on it cannot be shown to help.")
+            where = getattr(self.evaluator, "name", None)  # the log the evaluator read
+            message = (f"{where + ': ' if where else ''}LIS of builder '{self.builder}' is {lis['auc_gain']:+.4f} "
+                       f"with a 95% interval [{lo:+.4f}, {hi:+.4f}] that includes 0: the preference data has no "
+                       "measurable headroom for this ranker; training on it cannot be shown to help.")
             logger.warning(message)
             if self.require_headroom:
                 error = message + " Stopping before training (lis.require_headroom: true)."
@@ -137,7 +130,7 @@ class LISValidationCallback(TrainerCallback):
             metrics.update(scores)
 
     def _evaluate(self, model, step: int) -> dict:
-        from align.distributed import broadcast_object, is_main_process
+        from align.distributed import is_main_process
         from align.export import export_embeddings
 
         embedder = _embedder_of(model)
@@ -147,8 +140,7 @@ class LISValidationCallback(TrainerCallback):
                                             "trained_until": self.trained_until}, progress=False)
         self.seconds["export"] += time.perf_counter() - start
         start = time.perf_counter()
-        scores = self._score(table, step) if is_main_process() else None
-        scores = broadcast_object(scores, src=0)
+        scores = _on_main_then_broadcast(lambda: self._score(table, step))
         self.seconds["score"] += time.perf_counter() - start
         self.history.append({"step": int(step), **scores})
         if is_main_process():
@@ -224,6 +216,35 @@ class LISValidationCallback(TrainerCallback):
         report["curve"] = [_finite(h) for h in self.history]
         report["callback_seconds"] = dict(self.seconds)
         return report
+
+
+def _on_main_then_broadcast(fn):
+    """``fn()`` on rank 0, its result on every rank (``fn()`` itself when not distributed).
+
+    An exception on rank 0 is sent to the other ranks and raised there too (a DataError as a
+    DataError with the same message, anything else as a RuntimeError naming it), so no rank is
+    left waiting in the broadcast for a result that will never come.
+    """
+    from align.distributed import broadcast_object, is_distributed, is_main_process
+
+    if not is_distributed():
+        return fn()
+    result, failure, error = None, None, None
+    if is_main_process():
+        try:
+            result = fn()
+        except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
+            error = exc
+            failure = (isinstance(exc, DataError), f"{type(exc).__name__}: {exc}", str(exc))
+    result, failure = broadcast_object((result, failure), src=0)
+    if error is not None:
+        raise error
+    if failure is not None:
+        is_data_error, described, message = failure
+        if is_data_error:
+            raise DataError(message)
+        raise RuntimeError(f"LISValidationCallback: rank 0 failed ({described}); stopping this rank too.")
+    return result
 
 
 def _embedder_of(model):

@@ -212,6 +212,7 @@ def run_training(recipe, callbacks=None, evaluator=None) -> dict:
     from lis.atomic import write_json
     from lis.embeddings import save_embeddings
 
+    _set_cpu_threads(recipe.training.cpu_threads)
     out_dir = Path(recipe.training.output_dir)
     data = prepare_data(recipe)
     catalogue = data.datadir.catalogue
@@ -318,6 +319,13 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+
+
+def _set_cpu_threads(threads: int | None) -> None:
+    import torch
+
+    if threads and not torch.cuda.is_available():
+        torch.set_num_threads(int(threads))
 
 
 def _is_main() -> bool:
