@@ -101,6 +101,7 @@ def main() -> int:
                              name=f"{data_dir}/log")
     print(f"evaluator built in {time.perf_counter() - start:.0f} s (outside both runs, as in the demo)", flush=True)
 
+    args.override = [f"training.cpu_threads={args.threads}", *args.override]  # run_training sets the threads
     ours = train(data_dir, root / "ours", args.steps, lis=True, evaluator=evaluator, overrides=args.override)
     print(f"ours done: {ours['wall']:.0f} s", flush=True)
     base = None if args.no_baseline else train(data_dir, root / "baseline", args.steps, lis=False,

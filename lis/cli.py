@@ -27,13 +27,7 @@ DESCRIPTION = (
 
 def add_commands(subparsers, modules=LIS_COMMANDS) -> None:
     for name in modules:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as error:  # DEV-ONLY: command not written yet; removed before release
-            if error.name == name:
-                continue
-            raise
-        module.register(subparsers)
+        importlib.import_module(name).register(subparsers)
 
 
 def build_parser(modules=LIS_COMMANDS, prog: str = "lis-align") -> argparse.ArgumentParser:

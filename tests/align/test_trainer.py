@@ -139,7 +139,7 @@ def test_build_trainer_puts_early_stopping_after_given_callbacks(trained, data_d
     class Marker(TrainerCallback):
         pass
 
-    r = recipe(data_dir, base_model, tmp_path / "x", "lis.early_stopping_patience=2")
+    r = recipe(data_dir, base_model, tmp_path / "x", "lis.early_stopping_patience=2", "lis.enabled=true")
     new = build_trainer(r, trainer.model, trainer.train_dataset, trainer.eval_dataset, trainer.data_collator,
                         callbacks=[Marker()])
     kinds = [type(c) for c in new.callback_handler.callbacks]
