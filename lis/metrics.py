@@ -5,12 +5,14 @@
   negative count is read by ``searchsorted``; equals ``sklearn.metrics.roc_auc_score``.
 * :func:`gauc` — user-averaged AUC over the users that have both labels. The default is the
   *unweighted* mean (every eligible user counts once, DESIGN section 1); ``weighting="impressions"``
-  weights each user by its impression count. Computed with one sort per class by the key
-  (user, score) — never a per-user Python loop.
+  weights each user by its impression count. Computed from one sort of the negatives by score
+  and one integer sort by (user, rank) — never a per-user Python loop.
 * :func:`paired_bootstrap` — percentile interval of metric(with) - metric(without) over users
   resampled with replacement; both score vectors see the same resamples (paired). Resamples are
   an explicit :class:`UserResamples` object so an evaluator can draw them once and reuse them
-  for every table it scores.
+  for every table it scores. Each score vector is sorted once for all of its metrics, and the
+  AUC of a whole batch of resamples is two sparse x dense products (exact integer counts in
+  float64), not one pass over all negatives per resample.
 
 Limits: scores must be finite-or-infinite floats (NaN is a :class:`DataError`); labels 0/1.
 Sample weights other than user resample counts are not supported.
@@ -108,32 +110,12 @@ class PerUserAuc:
 def per_user_auc(codes: np.ndarray, n_users: int, labels: np.ndarray, scores: np.ndarray) -> PerUserAuc:
     """AUC of every user from integer user ``codes`` (0..n_users-1), boolean labels, float scores.
 
-    The complex key ``user + i*score`` sorts lexicographically by (user, score) in one exact
-    ``np.sort`` per class (no precision lost: user codes < 2**53 are exact in float64). A
-    positive's count of lower negatives in its own user is then a ``searchsorted`` minus the
-    number of negatives of all earlier users.
+    One sort of the negatives by score (:class:`_ScoreOrder`) fixes, for every positive, the
+    global ranges of negatives below / not above it; the count of its *own user's* negatives in
+    those ranges is then one ``searchsorted`` in the integer keys ``user * stride + rank`` (see
+    :meth:`_ScoreOrder.per_user`). Integer counts keep every per-user AUC exact.
     """
-    n_pos = np.bincount(codes[labels], minlength=n_users).astype(np.int64)
-    n_neg = np.bincount(codes[~labels], minlength=n_users).astype(np.int64)
-    pos_key = np.sort(_complex_key(codes[labels], scores[labels]))
-    neg_key = np.sort(_complex_key(codes[~labels], scores[~labels]))
-    below = np.searchsorted(neg_key, pos_key, "left") + np.searchsorted(neg_key, pos_key, "right")
-    neg_before_user = np.concatenate(([0], np.cumsum(n_neg)[:-1]))
-    sorted_pos_users = pos_key.real.astype(np.int64)
-    twice = below - 2 * neg_before_user[sorted_pos_users]
-    numerator = np.bincount(sorted_pos_users, weights=twice.astype(np.float64), minlength=n_users) / 2.0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_user = numerator / (n_pos * n_neg)
-    per_user[~((n_pos > 0) & (n_neg > 0))] = np.nan
-    return PerUserAuc(per_user, n_pos, n_neg)
-
-
-def _complex_key(codes: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    # Set the parts directly: ``codes + 1j * scores`` would turn an infinite score into a NaN real part.
-    key = np.empty(len(codes), dtype=np.complex128)
-    key.real = codes
-    key.imag = scores
-    return key
+    return _ScoreOrder(codes, labels, scores).per_user(n_users)
 
 
 def gauc(users, labels, scores, weighting: str = "users") -> float:
@@ -220,6 +202,92 @@ class _WeightedAuc:
         return float(twice / denom) if denom > 0 else np.nan
 
 
+class _ScoreOrder:
+    """The one sort of a score vector that its point AUC, per-user AUCs and bootstrap all share.
+
+    Negatives are ordered by score; ``left[i]`` / ``right[i]`` are the numbers of negatives
+    strictly below / not above positive ``i`` (``searchsorted``). Ties among negatives need no
+    stable order: every count is read at a tie group's boundary.
+    """
+
+    def __init__(self, codes: np.ndarray, labels: np.ndarray, scores: np.ndarray):
+        neg_scores = scores[~labels]
+        order = np.argsort(neg_scores)
+        sorted_neg = neg_scores[order]
+        self.neg_users = codes[~labels][order]
+        # Positives in score order too: sorted queries make searchsorted walk the negatives
+        # sequentially (4x faster), and left/right come out sorted for resample_operators.
+        pos_scores = scores[labels]
+        pos_order = np.argsort(pos_scores)
+        self.pos_users = codes[labels][pos_order]
+        self.left = np.searchsorted(sorted_neg, pos_scores[pos_order], "left")
+        self.right = np.searchsorted(sorted_neg, pos_scores[pos_order], "right")
+
+    def auc(self) -> float:
+        """Unweighted AUC; the same integers and the same division as :func:`auc`."""
+        n_pos, n_neg = len(self.pos_users), len(self.neg_users)
+        twice = self.left.sum() + self.right.sum()
+        return float(twice / (2.0 * n_pos * n_neg))
+
+    def per_user(self, n_users: int) -> PerUserAuc:
+        """Per-user AUCs. A positive's count of its own user's negatives below it is the number
+        of keys ``user * stride + rank`` under ``own_user * stride + left`` (stride > any rank),
+        minus the negatives of all earlier users: one integer sort, two ``searchsorted``."""
+        n_pos = np.bincount(self.pos_users, minlength=n_users).astype(np.int64)
+        n_neg = np.bincount(self.neg_users, minlength=n_users).astype(np.int64)
+        stride = len(self.neg_users) + 1
+        keys = self.neg_users * stride + np.arange(len(self.neg_users))
+        if n_users <= np.iinfo(np.uint16).max:
+            # Radix sort by user (stable, O(n)) keeps the rank order within each user: already sorted keys.
+            keys = keys[np.argsort(self.neg_users.astype(np.uint16), kind="stable")]
+        else:
+            keys = np.sort(keys)
+        own = self.pos_users * stride
+        # Sorted queries (each carries its user: query // stride) make searchsorted sequential.
+        queries = np.sort(np.concatenate((own + self.left, own + self.right)))
+        query_users = queries // stride
+        neg_before_user = np.concatenate(([0], np.cumsum(n_neg)[:-1]))
+        below = np.searchsorted(keys, queries) - neg_before_user[query_users]
+        numerator = np.bincount(query_users, weights=below.astype(np.float64), minlength=n_users) / 2.0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_user = numerator / (n_pos * n_neg)
+        per_user[~((n_pos > 0) & (n_neg > 0))] = np.nan
+        return PerUserAuc(per_user, n_pos, n_neg)
+
+    def resample_operators(self, n_users: int, dtype=np.float64):
+        """Sparse ``(S, Q)`` (of ``dtype``) with ``twice(w) = sum_k cumsum(S @ w)[k] * (Q @ w)[k]`` for user weights w.
+
+        ``twice(w)`` is the weighted Mann-Whitney count (x2) of :class:`_WeightedAuc`:
+        sum over positives i of w[user i] * (cum[left_i] + cum[right_i]), cum being the running sum of
+        the sorted negatives' user weights. cum is only ever read at the distinct values
+        ``reads`` of left/right, so the negatives fall into segments between consecutive reads:
+        row k of S counts the users of segment k (a CSR matrix whose index arrays are just the
+        sorted negatives' users and the reads: nothing to sort), and row k of Q counts the users
+        of the positives reading cum at reads[k] (twice when left = right). A batch of resamples
+        is then two sparse x dense products over the (n_users x batch) weight matrix.
+        """
+        import scipy.sparse as sp
+
+        # The distinct read positions and each read's row, by marking them: O(n), no sort.
+        read = np.zeros(len(self.neg_users) + 1, dtype=bool)
+        read[self.left] = True
+        read[self.right] = True
+        reads = np.flatnonzero(read)
+        row_of = np.cumsum(read) - 1
+        n_reads = len(reads)
+        indptr = np.concatenate(([0], reads))
+        indices = self.neg_users[: reads[-1]].astype(np.int32)
+        S = sp.csr_matrix((np.ones(len(indices), dtype), indices, indptr), shape=(n_reads, n_users))
+        # Rows of Q: the left reads then the right reads, each already sorted (positives are in
+        # score order), so the stable sort is a single merge of two runs.
+        rows = np.concatenate((row_of[self.left], row_of[self.right]))
+        order = np.argsort(rows, kind="stable")
+        q_indptr = np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=n_reads))))
+        q_indices = np.concatenate((self.pos_users, self.pos_users))[order].astype(np.int32)
+        Q = sp.csr_matrix((np.ones(len(q_indices), dtype), q_indices, q_indptr), shape=(n_reads, n_users))
+        return S, Q
+
+
 def paired_bootstrap(
     labels,
     scores_with,
@@ -257,14 +325,23 @@ def paired_bootstrap(
             f"{len(labels)} labels were given."
         )
     alpha = (1.0 - level) / 2.0
+    codes, n_users = resamples.codes, resamples.n_users
+    # One sort per score vector serves the point AUC, the per-user AUCs and the resamples.
+    order_w = _ScoreOrder(codes, labels, scores_with)
+    order_wo = _ScoreOrder(codes, labels, scores_without)
     out = {}
     for metric in metrics:
         if metric == "auc":
-            point_w, point_wo = auc(labels, scores_with), auc(labels, scores_without)
-            diffs = _auc_resample_diffs(resamples, labels, scores_with, scores_without)
+            n_pos, n_neg = len(order_w.pos_users), len(order_w.neg_users)
+            if n_pos == 0 or n_neg == 0:
+                raise DataError(
+                    f"auc: needs both labels; got {n_pos} positives and {n_neg} negatives "
+                    f"among {len(labels)} impressions."
+                )
+            point_w, point_wo = order_w.auc(), order_wo.auc()
+            diffs = _auc_resample_diffs(resamples, labels, order_w, order_wo)
         elif metric == "gauc":
-            stats_w = per_user_auc(resamples.codes, resamples.n_users, labels, scores_with)
-            stats_wo = per_user_auc(resamples.codes, resamples.n_users, labels, scores_without)
+            stats_w, stats_wo = order_w.per_user(n_users), order_wo.per_user(n_users)
             point_w, point_wo = _gauc_from_stats(stats_w, weighting), _gauc_from_stats(stats_wo, weighting)
             diffs = _gauc_resample_diffs(resamples, stats_w, stats_wo, weighting)
         else:
@@ -281,10 +358,71 @@ def paired_bootstrap(
     return out
 
 
-def _auc_resample_diffs(resamples, labels, scores_with, scores_without) -> np.ndarray:
-    with_auc = _WeightedAuc(resamples.codes, labels, scores_with)
-    without_auc = _WeightedAuc(resamples.codes, labels, scores_without)
-    return np.array([with_auc(c) - without_auc(c) for c in resamples.counts])
+# Resamples per batch of the sparse products: the (n_users x batch) weight block and the
+# (n_reads x batch) products should stay in cache; ~24 suits 10k users (measured on 2 cores).
+_BATCH_ELEMENTS = 1 << 18
+
+
+def _auc_resample_diffs(resamples, labels, order_w: _ScoreOrder, order_wo: _ScoreOrder) -> np.ndarray:
+    """AUC(with) - AUC(without) on every resample, batches of resamples at a time.
+
+    Same numbers as calling :class:`_WeightedAuc` per resample (the loop this replaces, kept as
+    the reference), but a batch costs two sparse x dense products per score vector instead of
+    a gather and a cumulative sum over all negatives per resample: ~5x faster at 200 resamples.
+    Counts are exact integers in float32 while a resample's weight totals stay below 2**24, in
+    float64 while every ``twice`` stays below 2**53; larger ones (never on realistic logs) take
+    the int64 per-resample loop.
+    """
+    counts = resamples.counts
+    n_pos_user = np.bincount(resamples.codes[labels], minlength=resamples.n_users)
+    n_neg_user = np.bincount(resamples.codes[~labels], minlength=resamples.n_users)
+    pos_total, neg_total = counts @ n_pos_user, counts @ n_neg_user
+    denom = 2.0 * pos_total * neg_total           # the same float expression as _WeightedAuc
+    if denom.max(initial=0.0) >= 2.0 ** 53:
+        twice_w = _loop_twice(counts, order_w)
+        twice_wo = _loop_twice(counts, order_wo)
+    else:
+        small = max(neg_total.max(initial=0), 2 * pos_total.max(initial=0)) < 2 ** 24
+        dtype = np.float32 if small else np.float64
+        twice_w = _batched_twice(counts, order_w.resample_operators(resamples.n_users, dtype))
+        twice_wo = _batched_twice(counts, order_wo.resample_operators(resamples.n_users, dtype))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc_w = np.where(denom > 0, twice_w / denom, np.nan)
+        auc_wo = np.where(denom > 0, twice_wo / denom, np.nan)
+    return auc_w - auc_wo
+
+
+def _batched_twice(counts: np.ndarray, operators) -> np.ndarray:
+    """``twice`` of every row of ``counts`` via :meth:`_ScoreOrder.resample_operators`.
+
+    The sparse products and the cumulative sum hold integers no larger than a resample's total
+    weight of negatives (or twice that of positives), so float32 operators are exact when those
+    stay below 2**24 (the caller checks) and halve the memory traffic; the final products are
+    summed in float64. The cumulative sum runs down the rows of a (n_reads x batch) block,
+    which torch does ~3x faster than numpy (whose accumulate walks it column by column).
+    """
+    import torch
+
+    S, Q = operators
+    batch = max(1, min(len(counts), _BATCH_ELEMENTS // max(counts.shape[1], 1)))
+    out = np.empty(len(counts))
+    for lo in range(0, len(counts), batch):
+        weights = np.ascontiguousarray(counts[lo:lo + batch].T, dtype=S.dtype)   # (n_users, batch)
+        segments = torch.from_numpy(S @ weights)            # user weight of each segment of negatives
+        cum = torch.cumsum(segments, 0).numpy()             # weight of the negatives below each read
+        out[lo:lo + batch] = np.einsum("kb,kb->b", cum, Q @ weights, dtype=np.float64)
+    return out
+
+
+def _loop_twice(counts: np.ndarray, order: _ScoreOrder) -> np.ndarray:
+    """Int64 fallback: one cumulative sum per resample, as :class:`_WeightedAuc` does (its
+    quotient converts the int64 count to float64 too, so the AUCs are the same)."""
+    out = np.empty(len(counts))
+    cum = np.zeros(len(order.neg_users) + 1, dtype=np.int64)
+    for b, weights in enumerate(counts):
+        np.cumsum(weights[order.neg_users], out=cum[1:])
+        out[b] = np.dot(weights[order.pos_users], cum[order.left] + cum[order.right])
+    return out
 
 
 def _gauc_resample_diffs(resamples, stats_w: PerUserAuc, stats_wo: PerUserAuc, weighting) -> np.ndarray:

@@ -7,7 +7,11 @@ is due to the similarity features alone (DESIGN section 1).
 The fit is a deterministic Newton (IRLS) solver in float64 on standardised features with a
 tiny L2 penalty on the slopes (not the intercept), so separable data still converges; a
 backtracking step keeps every iteration decreasing the penalised log-loss. Feature counts are
-small (a handful of columns), so each Newton step is one p x p solve over the rows.
+small (a handful of columns), so each Newton step is one p x p solve over the rows. The rows
+are what cost: columns are stored standardised as contiguous (p, n) rows, one exp per step
+serves the loss and the gradient, and the Hessian is reused once steps are small. In
+:func:`probe_gain` both probes share those columns and the with-phi fit starts from the
+baseline's optimum (zero phi slopes).
 Not supported: sample weights, multi-class labels.
 """
 from __future__ import annotations
@@ -32,7 +36,11 @@ class ProbeModel:
 
 
 def _as_matrix(X, what: str) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float64)
+    # float32 stays float32 (phi is float32): every use below promotes it to float64 exactly,
+    # so converting here would only add a copy.
+    X = np.asarray(X)
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float64)
     if X.ndim == 1:
         X = X[:, None]
     if X.ndim != 2:
@@ -44,12 +52,79 @@ def _as_matrix(X, what: str) -> np.ndarray:
     return X
 
 
-def _log_loss(z: np.ndarray, y: np.ndarray) -> float:
-    # log(1 + e^z) - y z, stable for large |z|
-    return float(np.mean(np.logaddexp(0.0, z) - y * z))
+def _loss_terms(z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean log-loss of logits ``z`` and ``e = exp(-|z|)``, which the next gradient reuses.
+
+    log(1 + e^z) - y z = max(z, 0) + log1p(exp(-|z|)) - y z: stable for large |z|, and the one
+    exp serves both the loss here and the probabilities in :func:`_sigmoid_from`.
+    """
+    e = np.exp(-np.abs(z))
+    loss = np.log1p(e)
+    loss += np.maximum(z, 0.0)
+    loss -= y * z
+    return float(loss.mean()), e
 
 
-def fit_probe(X_fit, y_fit, l2: float = 1e-6, max_iter: int = 100, tol: float = 1e-10) -> ProbeModel:
+def _sigmoid_from(z: np.ndarray, e: np.ndarray) -> np.ndarray:
+    # 1 / (1 + e^-z) from e = exp(-|z|): 1 / (1 + e) for z >= 0, e / (1 + e) for z < 0.
+    p = 1.0 / (1.0 + e)
+    np.multiply(p, e, out=p, where=z < 0)
+    return p
+
+
+# Columns per block of the weighted Gram product: a (p x block) float64 buffer stays in cache
+# and is reused, where one n-sized product would allocate (and page-fault in) ~30 MB per step.
+_GRAM_BLOCK = 1 << 15
+
+
+def _weighted_gram(XT: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``XT @ diag(w) @ XT.T`` for w >= 0, as a sum of symmetric products over column blocks."""
+    p, n = XT.shape
+    root = np.sqrt(w)
+    buffer = np.empty((p, min(n, _GRAM_BLOCK)))
+    gram = np.zeros((p, p))
+    for lo in range(0, n, _GRAM_BLOCK):
+        block = buffer[:, :min(n, lo + _GRAM_BLOCK) - lo]
+        np.multiply(XT[:, lo:lo + block.shape[1]], root[lo:lo + block.shape[1]], out=block)
+        gram += block @ block.T
+    return gram
+
+
+def _standardize(*blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Column means, scales (std; 1 for a constant column) and the standardised columns of the
+    blocks side by side, as one (p, n) C-contiguous float64 array: each column is copied once
+    into its row, centred and scaled in place, and every Newton pass then reads contiguous rows."""
+    columns = [block[:, j] for block in blocks for j in range(block.shape[1])]
+    n = len(columns[0]) if columns else 0
+    XT = np.empty((len(columns), n))
+    mean, scale = np.empty(len(columns)), np.empty(len(columns))
+    for j, column in enumerate(columns):
+        row = XT[j]
+        row[:] = column                          # float32 -> float64 is exact
+        mean[j] = row.mean()
+        row -= mean[j]
+        scale[j] = np.sqrt(np.dot(row, row) / n)
+        if scale[j] == 0:
+            scale[j] = 1.0
+        row /= scale[j]
+    return mean, scale, XT
+
+
+def _check_labels(y_fit, n: int) -> np.ndarray:
+    y = np.asarray(y_fit, dtype=np.float64)
+    if y.shape != (n,):
+        raise DataError(f"probe: y_fit must hold one label per row of X_fit ({n}); got shape {y.shape}.")
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise DataError("probe: y_fit must hold 0 or 1.")
+    if y.min() == y.max():
+        raise DataError(f"probe: fit rows need both labels; all {len(y)} are {int(y[0])}.")
+    return y
+
+
+_MAX_ITER, _TOL = 100, 1e-10
+
+
+def fit_probe(X_fit, y_fit, l2: float = 1e-6, max_iter: int = _MAX_ITER, tol: float = _TOL) -> ProbeModel:
     """Fit a logistic regression on ``X_fit`` (n x p) for labels ``y_fit`` (0/1), deterministically.
 
     Columns are standardised with the fit rows' mean and standard deviation (a constant column
@@ -57,44 +132,77 @@ def fit_probe(X_fit, y_fit, l2: float = 1e-6, max_iter: int = 100, tol: float = 
     Raises :class:`DataError` if the labels hold a single class.
     """
     X = _as_matrix(X_fit, "X_fit")
-    y = np.asarray(y_fit, dtype=np.float64)
-    if y.shape != (X.shape[0],):
-        raise DataError(f"probe: y_fit must hold one label per row of X_fit ({X.shape[0]}); got shape {y.shape}.")
-    if not np.isin(y, (0.0, 1.0)).all():
-        raise DataError("probe: y_fit must hold 0 or 1.")
-    if y.min() == y.max():
-        raise DataError(f"probe: fit rows need both labels; all {len(y)} are {int(y[0])}.")
-    mean = X.mean(axis=0)
-    scale = X.std(axis=0)
-    scale[scale == 0] = 1.0
-    Z = np.empty((X.shape[0], X.shape[1] + 1))
-    Z[:, 0] = 1.0
-    Z[:, 1:] = (X - mean) / scale
+    y = _check_labels(y_fit, X.shape[0])
+    mean, scale, XT = _standardize(X)
+    beta, it = _newton(XT, y, l2, max_iter, tol)
+    return ProbeModel(mean=mean, scale=scale, coef=beta[1:], intercept=float(beta[0]), n_iter=it)
+
+
+# Below this step size the Hessian is reused (a chord step): Newton has converged enough that
+# the curvature barely changes, and the Hessian is the costliest pass over the rows.
+_REUSE_HESSIAN_BELOW = 1e-3
+
+
+def _newton(XT: np.ndarray, y: np.ndarray, l2: float, max_iter: int, tol: float,
+            beta: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Damped Newton on standardised columns ``XT`` (p x n); returns ([intercept, slopes], iterations).
+
+    Starts at ``beta`` (a warm start) or at the base rate. Every line-searched step decreases
+    the penalised log-loss (backtracking). Logits are updated along the step direction (one
+    product per iteration), the exp of a candidate serves its loss and the next gradient, once
+    steps are small the last Hessian is reused, and a step already below the stopping threshold
+    is taken without a line search: the fixed point (gradient 0) and the tolerance are those of
+    plain Newton, only the passes over the rows are fewer.
+    """
     n = len(y)
-    penalty = np.full(Z.shape[1], l2)
+    penalty = np.full(XT.shape[0] + 1, l2)
     penalty[0] = 0.0                            # never shrink the intercept
-    rate = y.mean()
-    beta = np.zeros(Z.shape[1])
-    beta[0] = np.log(rate / (1.0 - rate))       # start at the base rate: fewer Newton steps
-    objective = _log_loss(Z @ beta, y) + 0.5 * np.dot(penalty, beta ** 2)
+    if beta is None:
+        rate = y.mean()
+        beta = np.zeros(XT.shape[0] + 1)
+        beta[0] = np.log(rate / (1.0 - rate))   # start at the base rate: fewer Newton steps
+    beta = np.array(beta, dtype=np.float64)
+    z = beta[0] + beta[1:] @ XT
+    loss, e = _loss_terms(z, y)
+    objective = loss + 0.5 * np.dot(penalty, beta ** 2)
+    hess, last_move = None, np.inf
     it = 0
     for it in range(1, max_iter + 1):
-        z = Z @ beta
-        p = 1.0 / (1.0 + np.exp(-z))
-        grad = Z.T @ (p - y) / n + penalty * beta
-        hess = (Z * (p * (1.0 - p))[:, None]).T @ Z / n + np.diag(penalty + 1e-12)
+        p = _sigmoid_from(z, e)
+        residual = p - y
+        grad = np.empty_like(beta)
+        grad[0] = residual.sum()
+        grad[1:] = XT @ residual
+        grad = grad / n + penalty * beta
+        if hess is None or last_move >= _REUSE_HESSIAN_BELOW:
+            w = p * (1.0 - p)
+            hess = np.empty((len(beta), len(beta)))
+            hess[0, 0] = w.sum()
+            hess[0, 1:] = hess[1:, 0] = XT @ w
+            hess[1:, 1:] = _weighted_gram(XT, w)
+            hess = hess / n + np.diag(penalty + 1e-12)
         step = np.linalg.solve(hess, grad)
+        if np.max(np.abs(step)) < tol or 0.5 * np.dot(grad, step) < tol * 1e-3:
+            # Converged: the step (or the decrease the quadratic model predicts for it) is below
+            # the stopping threshold, so take it without the line search's pass over the rows.
+            beta = beta - step
+            break
+        dz = step[0] + step[1:] @ XT
         t = 1.0
         while True:                             # backtracking: never accept an increase
             candidate = beta - t * step
-            value = _log_loss(Z @ candidate, y) + 0.5 * np.dot(penalty, candidate ** 2)
+            z_candidate = z - t * dz
+            loss, e_candidate = _loss_terms(z_candidate, y)
+            value = loss + 0.5 * np.dot(penalty, candidate ** 2)
             if value <= objective + 1e-15 or t < 1e-8:
                 break
             t *= 0.5
-        beta, improvement, objective = candidate, objective - value, value
-        if np.max(np.abs(t * step)) < tol or improvement < tol * 1e-3:
+        beta, z, e = candidate, z_candidate, e_candidate
+        improvement, objective = objective - value, value
+        last_move = np.max(np.abs(t * step))
+        if last_move < tol or improvement < tol * 1e-3:
             break
-    return ProbeModel(mean=mean, scale=scale, coef=beta[1:], intercept=float(beta[0]), n_iter=it)
+    return beta, it
 
 
 def probe_scores(model: ProbeModel, X_test) -> np.ndarray:
@@ -103,6 +211,19 @@ def probe_scores(model: ProbeModel, X_test) -> np.ndarray:
     if X.shape[1] != len(model.coef):
         raise DataError(f"probe: X_test has {X.shape[1]} columns but the probe was fitted on {len(model.coef)}.")
     return model.intercept + ((X - model.mean) / model.scale) @ model.coef
+
+
+def _folded_scores(beta: np.ndarray, mean: np.ndarray, scale: np.ndarray, *blocks: np.ndarray) -> np.ndarray:
+    """Logits ``beta0 + ((X - mean) / scale) @ slopes`` with the standardisation folded into the
+    slopes, so the test rows are read once and never copied (equal to :func:`probe_scores` up to
+    rounding)."""
+    slopes = beta[1:] / scale
+    out = np.full(len(blocks[0]), beta[0] - np.dot(mean, slopes))
+    start = 0
+    for block in blocks:                         # float32 blocks are promoted to float64 exactly
+        out += block @ slopes[start:start + block.shape[1]]
+        start += block.shape[1]
+    return out
 
 
 def probe_gain(base_fit, base_test, phi_fit, phi_test, y_fit, y_test, users_test,
@@ -128,10 +249,18 @@ def probe_gain(base_fit, base_test, phi_fit, phi_test, y_fit, y_test, users_test
             f"probe: base and phi must have the same rows; fit {len(base_fit)} vs {len(phi_fit)}, "
             f"test {len(base_test)} vs {len(phi_test)}."
         )
-    without = fit_probe(base_fit, y_fit, l2=l2)
-    with_phi = fit_probe(np.hstack((base_fit, phi_fit)), y_fit, l2=l2)
-    scores_without = probe_scores(without, base_test)
-    scores_with = probe_scores(with_phi, np.hstack((base_test, phi_test)))
+    # Both probes share the standardised fit columns (a column's mean and scale do not depend on
+    # the others): the baseline probe reads the first k rows of the with-phi block.
+    y = _check_labels(y_fit, len(base_fit))
+    k = base_fit.shape[1]
+    mean, scale, XT = _standardize(base_fit, phi_fit)
+    beta_without, _ = _newton(XT[:k], y, l2, _MAX_ITER, _TOL)
+    # Warm start: the baseline optimum with zero phi slopes has the same logits, so the with-phi
+    # fit begins where the baseline ended and needs fewer Newton steps to converge.
+    start = np.concatenate((beta_without, np.zeros(XT.shape[0] - k)))
+    beta_with, _ = _newton(XT, y, l2, _MAX_ITER, _TOL, beta=start)
+    scores_without = _folded_scores(beta_without, mean[:k], scale[:k], base_test)
+    scores_with = _folded_scores(beta_with, mean, scale, base_test, phi_test)
     if bootstrap is None:
         bootstrap = user_resamples(users_test, n_resamples, seed)
     stats = paired_bootstrap(np.asarray(y_test), scores_with, scores_without, resamples=bootstrap,

@@ -63,3 +63,29 @@ def items(tiny_catalogue):
     from align.collate import items_from_catalogue
 
     return items_from_catalogue(pd.read_parquet(tiny_catalogue / "catalogue.parquet"), base_dir=tiny_catalogue)
+
+
+# --- training tests: a simulated tiny platform and a tiny Qwen2-VL built on its catalogue -------
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Other jobs share the 2 cores; more torch threads than free cores makes steps 15-50x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    from tests.align.train_helpers import make_data
+
+    return make_data(tmp_path_factory.mktemp("sim_data") / "data")
+
+
+@pytest.fixture(scope="session")
+def base_model(tmp_path_factory, data_dir):
+    from tests.align.train_helpers import make_base_model
+
+    return make_base_model(tmp_path_factory.mktemp("sim_base") / "qwen2_vl", data_dir)

@@ -14,10 +14,9 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from lis.errors import DataError
-from tests.align.train_helpers import make_base_model, make_data, recipe
+from tests.align.train_helpers import recipe
 
 BUILDER_OPTIONS = {"same_session": False, "max_gap_seconds": 5184000, "window": 50, "top_k": 50}
 LIS = [f"data.builder_options={json.dumps(BUILDER_OPTIONS)}", "lis.enabled=true"]
@@ -25,23 +24,7 @@ METRICS = ("eval_ais_auc", "eval_ais_auc_lo", "eval_ais_auc_hi", "eval_ais_gauc"
            "eval_ais_gauc_hi", "eval_lis_auc", "eval_lis_auc_lo", "eval_lis_auc_hi", "eval_lis_efficiency")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Other jobs share the 2 cores; more threads than free cores makes steps 15-50x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return make_data(tmp_path_factory.mktemp("cb_data") / "data")
-
-
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory, data_dir):
-    return make_base_model(tmp_path_factory.mktemp("cb_base") / "qwen2_vl", data_dir)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def metrics_spy():

@@ -16,28 +16,12 @@ import pytest
 import torch
 
 from lis.errors import DataError
-from tests.align.train_helpers import FAST, make_base_model, make_data, recipe
+from tests.align.train_helpers import FAST, recipe
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Other jobs share the 2 cores; more threads than free cores makes steps 50x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return make_data(tmp_path_factory.mktemp("train_data") / "data")
-
-
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory, data_dir):
-    return make_base_model(tmp_path_factory.mktemp("train_base") / "qwen2_vl", data_dir)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
