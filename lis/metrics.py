@@ -232,13 +232,13 @@ class _ScoreOrder:
     def per_user(self, n_users: int) -> PerUserAuc:
         """Per-user AUCs. A positive's count of its own user's negatives below it is the number
         of keys ``user * stride + rank`` under ``own_user * stride + left`` (stride > any rank),
-        minus the negatives of all earlier users: one integer sort, two ``searchsorted``."""
+        minus the negatives of all earlier users: one integer sort and one ``searchsorted``."""
         n_pos = np.bincount(self.pos_users, minlength=n_users).astype(np.int64)
         n_neg = np.bincount(self.neg_users, minlength=n_users).astype(np.int64)
         stride = len(self.neg_users) + 1
         keys = self.neg_users * stride + np.arange(len(self.neg_users))
         if n_users <= np.iinfo(np.uint16).max:
-            # Radix sort by user (stable, O(n)) keeps the rank order within each user: already sorted keys.
+            # A stable radix sort by user (O(n)) keeps rank order within a user: sorted keys.
             keys = keys[np.argsort(self.neg_users.astype(np.uint16), kind="stable")]
         else:
             keys = np.sort(keys)
@@ -255,16 +255,17 @@ class _ScoreOrder:
         return PerUserAuc(per_user, n_pos, n_neg)
 
     def resample_operators(self, n_users: int, dtype=np.float64):
-        """Sparse ``(S, Q)`` (of ``dtype``) with ``twice(w) = sum_k cumsum(S @ w)[k] * (Q @ w)[k]`` for user weights w.
+        """Sparse ``(S, Q)`` of ``dtype`` with ``twice(w) = sum_k cumsum(S @ w)[k] * (Q @ w)[k]``.
 
-        ``twice(w)`` is the weighted Mann-Whitney count (x2) of :class:`_WeightedAuc`:
-        sum over positives i of w[user i] * (cum[left_i] + cum[right_i]), cum being the running sum of
-        the sorted negatives' user weights. cum is only ever read at the distinct values
-        ``reads`` of left/right, so the negatives fall into segments between consecutive reads:
-        row k of S counts the users of segment k (a CSR matrix whose index arrays are just the
-        sorted negatives' users and the reads: nothing to sort), and row k of Q counts the users
-        of the positives reading cum at reads[k] (twice when left = right). A batch of resamples
-        is then two sparse x dense products over the (n_users x batch) weight matrix.
+        ``twice(w)`` is the weighted Mann-Whitney count (x2) of :class:`_WeightedAuc` for user
+        weights w: the sum over positives i of w[user i] * (cum[left_i] + cum[right_i]), cum
+        being the running sum of the sorted negatives' user weights. cum is only ever read at
+        the distinct values ``reads`` of left/right, so the negatives fall into segments between
+        consecutive reads: row k of S counts the users of segment k (a CSR matrix whose index
+        arrays are just the sorted negatives' users and the reads: nothing to sort), and row k
+        of Q counts the users of the positives reading cum at reads[k] (2 for a positive whose
+        left = right). A batch of resamples is then two sparse x dense products with the
+        (n_users x batch) weight matrix.
         """
         import scipy.sparse as sp
 
@@ -278,13 +279,16 @@ class _ScoreOrder:
         indptr = np.concatenate(([0], reads))
         indices = self.neg_users[: reads[-1]].astype(np.int32)
         S = sp.csr_matrix((np.ones(len(indices), dtype), indices, indptr), shape=(n_reads, n_users))
-        # Rows of Q: the left reads then the right reads, each already sorted (positives are in
-        # score order), so the stable sort is a single merge of two runs.
-        rows = np.concatenate((row_of[self.left], row_of[self.right]))
+        # Entries of Q: a positive without a tied negative reads one point twice (one entry of
+        # 2), a tied one reads two points. Left reads then right reads, each already sorted
+        # (positives are in score order), so the stable sort is a single merge of two runs.
+        tied = self.right != self.left
+        rows = np.concatenate((row_of[self.left], row_of[self.right[tied]]))
+        data = np.concatenate((np.where(tied, 1.0, 2.0), np.ones(int(tied.sum())))).astype(dtype)
+        users = np.concatenate((self.pos_users, self.pos_users[tied]))
         order = np.argsort(rows, kind="stable")
         q_indptr = np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=n_reads))))
-        q_indices = np.concatenate((self.pos_users, self.pos_users))[order].astype(np.int32)
-        Q = sp.csr_matrix((np.ones(len(q_indices), dtype), q_indices, q_indptr), shape=(n_reads, n_users))
+        Q = sp.csr_matrix((data[order], users[order].astype(np.int32), q_indptr), shape=(n_reads, n_users))
         return S, Q
 
 
@@ -403,14 +407,17 @@ def _batched_twice(counts: np.ndarray, operators) -> np.ndarray:
     """
     import torch
 
+    from lis.threads import one_torch_thread
+
     S, Q = operators
     batch = max(1, min(len(counts), _BATCH_ELEMENTS // max(counts.shape[1], 1)))
     out = np.empty(len(counts))
-    for lo in range(0, len(counts), batch):
-        weights = np.ascontiguousarray(counts[lo:lo + batch].T, dtype=S.dtype)   # (n_users, batch)
-        segments = torch.from_numpy(S @ weights)            # user weight of each segment of negatives
-        cum = torch.cumsum(segments, 0).numpy()             # weight of the negatives below each read
-        out[lo:lo + batch] = np.einsum("kb,kb->b", cum, Q @ weights, dtype=np.float64)
+    with one_torch_thread():                                # a small op: threads only spin-wait
+        for lo in range(0, len(counts), batch):
+            weights = np.ascontiguousarray(counts[lo:lo + batch].T, dtype=S.dtype)   # (n_users, batch)
+            segments = torch.from_numpy(S @ weights)        # user weight of each segment of negatives
+            cum = torch.cumsum(segments, 0).numpy()         # weight of the negatives below each read
+            out[lo:lo + batch] = np.einsum("kb,kb->b", cum, Q @ weights, dtype=np.float64)
     return out
 
 

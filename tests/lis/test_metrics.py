@@ -132,3 +132,70 @@ def test_bootstrap_is_paired_seeded_and_reusable():
     assert same["auc"]["gain_ci"] == [0.0, 0.0] and same["gauc"]["gain_ci"] == [0.0, 0.0]
     with pytest.raises(DataError, match="drawn for 3000 impressions"):
         paired_bootstrap(labels[:10], better[:10], base[:10], resamples=resamples)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batched_resample_aucs_equal_the_per_resample_loop(dtype):
+    """The sparse batched bootstrap (both exact-integer dtypes, batches smaller than B) gives
+    bit for bit the AUCs of _WeightedAuc called once per resample, ties and zero weights included."""
+    from lis import metrics
+
+    users, labels, scores = tied_data(11, n=2500, n_users=80)
+    codes, n_users = metrics._user_codes(users, len(users), "test")
+    labels_b = labels.astype(bool)
+    counts = np.random.default_rng(1).multinomial(n_users, np.full(n_users, 1 / n_users), size=37)
+    counts[0] = 0                                  # an empty resample: AUC undefined
+    counts[1] = 0
+    counts[1, codes[0]] = 3                        # a single user
+    order = metrics._ScoreOrder(codes, labels_b, scores)
+    old = metrics._BATCH_ELEMENTS
+    metrics._BATCH_ELEMENTS = 5 * n_users          # batches of 5: exercises the batch loop
+    try:
+        twice = metrics._batched_twice(counts, order.resample_operators(n_users, dtype))
+    finally:
+        metrics._BATCH_ELEMENTS = old
+    reference = _WeightedAuc(codes, labels_b, scores)
+    pos_total = counts @ np.bincount(codes[labels_b], minlength=n_users)
+    neg_total = counts @ np.bincount(codes[~labels_b], minlength=n_users)
+    for b, weights in enumerate(counts):
+        denom = 2.0 * pos_total[b] * neg_total[b]
+        expected = reference(weights)
+        if denom == 0:
+            assert np.isnan(expected)
+        else:
+            assert twice[b] / denom == expected
+    np.testing.assert_array_equal(metrics._loop_twice(counts, order), twice)   # the int64 fallback
+
+
+def test_paired_bootstrap_diffs_equal_the_per_resample_loop():
+    users, labels, scores = tied_data(12, n=3000, n_users=120)
+    other = np.round(scores + np.random.default_rng(2).normal(size=len(scores)) * 0.3, 1)
+    resamples = user_resamples(users, n_resamples=60, seed=4)
+    from lis import metrics
+
+    labels_b = labels.astype(bool)
+    diffs = metrics._auc_resample_diffs(resamples, labels_b, metrics._ScoreOrder(resamples.codes, labels_b, scores),
+                                        metrics._ScoreOrder(resamples.codes, labels_b, other))
+    with_auc = _WeightedAuc(resamples.codes, labels_b, scores)
+    without_auc = _WeightedAuc(resamples.codes, labels_b, other)
+    np.testing.assert_array_equal(diffs, [with_auc(c) - without_auc(c) for c in resamples.counts])
+    out = paired_bootstrap(labels, scores, other, resamples=resamples)
+    assert out["auc"]["with"] == auc(labels, scores) and out["auc"]["without"] == auc(labels, other)
+    assert out["gauc"]["with"] == gauc(users, labels, scores)
+
+
+def test_per_user_auc_equals_sklearn_per_user_with_ties_and_many_users():
+    users, labels, scores = tied_data(13, n=4000, n_users=70)
+    codes, n_users = users.astype(np.int64) * 1000, 70000          # > 65535 users: the int64 key sort
+    stats = per_user_auc(codes, n_users, labels.astype(bool), scores)
+    for u in range(n_users):
+        m = codes == u
+        if 0 < labels[m].sum() < m.sum():
+            assert abs(stats.auc[u] - roc_auc_score(labels[m], scores[m])) < 1e-12
+        else:
+            assert np.isnan(stats.auc[u])
+
+
+def test_paired_bootstrap_with_one_class_is_a_clear_data_error():
+    with pytest.raises(DataError, match="needs both labels"):
+        paired_bootstrap(np.ones(6, dtype=int), np.arange(6.0), np.zeros(6), users=np.arange(6) % 2)

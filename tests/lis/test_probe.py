@@ -77,3 +77,48 @@ def test_separable_data_still_converges_to_finite_scores():
     model = fit_probe(X, [0, 0, 1, 1])
     scores = probe_scores(model, X)
     assert np.isfinite(scores).all() and scores[2] > scores[1]
+
+
+def test_probe_gain_scores_equal_separate_fits_of_both_probes():
+    """probe_gain shares the standardised columns and warm-starts the with-phi fit; its scores
+    must be those of two independent fit_probe calls, and its metrics those of paired_bootstrap."""
+    from lis.metrics import paired_bootstrap
+
+    users, labels, baseline, hidden = world(5)
+    phi = np.column_stack((hidden, np.random.default_rng(5).normal(size=len(hidden)))).astype(np.float32)
+    fit, test = split(len(labels))
+    out = probe_gain(baseline[fit], baseline[test], phi[fit], phi[test], labels[fit], labels[test], users[test],
+                     n_resamples=50, seed=1, return_scores=True)
+    both = np.hstack((baseline, phi))
+    with_phi = probe_scores(fit_probe(both[fit], labels[fit]), both[test])
+    without = probe_scores(fit_probe(baseline[fit], labels[fit]), baseline[test])
+    np.testing.assert_allclose(out["scores_with"], with_phi, atol=1e-8)
+    np.testing.assert_allclose(out["scores_without"], without, atol=1e-8)
+    stats = paired_bootstrap(labels[test], out["scores_with"], out["scores_without"], users=users[test],
+                             n_resamples=50, seed=1)
+    assert out["auc_gain_ci"] == stats["auc"]["gain_ci"] and out["gauc_gain"] == stats["gauc"]["gain"]
+
+
+def test_coarse_start_on_large_fits_reaches_the_same_optimum(monkeypatch):
+    """Above _COARSE_MIN_ROWS the fit starts from a subsample's solution: same answer as
+    Newton from the base rate, and as sklearn."""
+    from lis import probe
+
+    users, labels, baseline, hidden = world(6, n=80000)
+    X = np.column_stack((baseline, hidden))
+    assert len(X) >= probe._COARSE_MIN_ROWS
+    coarse = fit_probe(X, labels, l2=0.0)
+    monkeypatch.setattr(probe, "_COARSE_MIN_ROWS", 10 ** 9)
+    plain = fit_probe(X, labels, l2=0.0)
+    np.testing.assert_allclose(probe_scores(coarse, X), probe_scores(plain, X), atol=1e-8)
+    reference = LogisticRegression(C=np.inf, tol=1e-12, max_iter=1000).fit(X, labels)
+    np.testing.assert_allclose(probe_scores(coarse, X), reference.decision_function(X), atol=1e-5)
+
+
+def test_probe_leaves_blas_thread_count_as_it_found_it():
+    from threadpoolctl import threadpool_info
+
+    before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    users, labels, baseline, hidden = world(7, n=2000)
+    fit_probe(np.column_stack((baseline, hidden)), labels)
+    assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before
