@@ -96,14 +96,17 @@ def plot_report(report: dict, png_path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     lis, ais = report.get("lis", {}), report.get("ais", {})
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), squeeze=False)
+    # A second panel only when there is AIS to compare with the ceilings.
+    panels = 2 if ais else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
     _bar_with_ci(axes[0][0], lis, "LIS by builder (AUC gain, 95% CI)", "tab:blue")
-    ax = axes[0][1]
-    _bar_with_ci(ax, ais, "AIS by table vs LIS ceilings", "tab:orange")
-    for index, (name, scores) in enumerate(lis.items()):
-        ax.axhline(scores["auc_gain"], linestyle="--", color=f"C{index}", linewidth=1, label=f"LIS {name}")
-    if lis and ais:
-        ax.legend(fontsize=7, loc="best")
+    if ais:
+        ax = axes[0][1]
+        _bar_with_ci(ax, ais, "AIS by table vs LIS ceilings", "tab:orange")
+        for index, (name, scores) in enumerate(lis.items()):
+            ax.axhline(scores["auc_gain"], linestyle="--", color=f"C{index}", linewidth=1, label=f"LIS {name}")
+        if lis:
+            ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     with atomic_path(png_path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
