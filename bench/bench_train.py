@@ -43,8 +43,13 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternate plain/ours this many times and pool the step times (machine drift "
+                             "otherwise favours whichever runs second)")
     args = parser.parse_args()
     import torch
+
+    torch.set_num_threads(1)  # the training default on CPU (training.cpu_threads); steadier timings
     from transformers import Trainer
 
     from align.config import load_recipe
@@ -69,8 +74,8 @@ def main() -> int:
     positives = data.pairs["positive_id"].map(row_of).to_numpy()
     dataset = PairDataset(anchors, positives)
 
-    results = {}
-    for name in ("plain Trainer", "AlignTrainer"):
+    results = {"plain Trainer": ([], []), "AlignTrainer": ([], [])}
+    for name in ("plain Trainer", "AlignTrainer") * args.rounds:
         model, processor, family = build_alignment_model(recipe, str(root / "base"), (anchors, positives))
         batcher = batcher_for_datadir(data.datadir, processor, family, max_text_tokens=48, image_size=64)
         collator = PairCollator(ItemCache(batcher, items_from_catalogue(data.datadir), progress=False))
@@ -83,16 +88,17 @@ def main() -> int:
             trainer = build_trainer(recipe, model, dataset, None, collator, callbacks=[timer])
         trainer.train()
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-        results[name] = (sorted(timer.times[args.warmup:]), losses)
+        results[name][0].extend(timer.times[args.warmup:])
+        results[name][1][:] = losses
 
     base, ours = results["plain Trainer"], results["AlignTrainer"]
     agree = len(base[1]) == len(ours[1]) and all(abs(a - b) <= 1e-4 * max(1.0, abs(a)) for a, b in zip(base[1], ours[1]))
-    median = lambda xs: xs[len(xs) // 2]  # noqa: E731
+    median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     b, o = median(base[0]), median(ours[0])
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"{platform.processor() or platform.machine()}")
     print(f"{'size':<34}{'plain Trainer s/step':>22}{'AlignTrainer s/step':>22}{'ratio':>8}")
-    print(f"{f'{args.steps} steps x {args.batch} pairs (median)':<34}{b:>22.4f}{o:>22.4f}{o / b:>8.3f}")
+    print(f"{f'{args.rounds}x{args.steps} steps x {args.batch} pairs (median)':<34}{b:>22.4f}{o:>22.4f}{o / b:>8.3f}")
     print(f"loss curves agree: {agree} (logged losses {['%.4f' % x for x in ours[1]]})")
     return 0 if agree else 1
 
