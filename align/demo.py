@@ -107,6 +107,11 @@ def run_demo(out="runs/demo", seed: int = 0, preset: str = "demo", overrides=(),
         f"training.output_dir={out / 'train'}", f"training.seed={seed}",
         "data.builder_options=" + json.dumps(options), *overrides,
     ])
+    if (out / "train").exists():  # the demo's own output: a rerun starts clean, never resumes
+        import shutil
+
+        say(f"removing the previous demo run in {out / 'train'}")
+        shutil.rmtree(out / "train")
     train_start = time.perf_counter()
     result = run_training(recipe, evaluator=evaluator)
     train_seconds = time.perf_counter() - train_start

@@ -84,6 +84,8 @@ class LISValidationCallback(TrainerCallback):
 
     # ------------------------------------------------------------------ set-up
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        from align.distributed import is_main_process
+
         start = time.perf_counter()
         setup = _on_main_then_broadcast(self._setup_main)
         self.lis_scores, needed = setup["lis"], set(setup["items"])
@@ -92,6 +94,8 @@ class LISValidationCallback(TrainerCallback):
         if setup.get("error"):
             raise DataError(setup["error"])
         if state.global_step == 0:
+            if is_main_process():  # a fresh run starts a fresh log; a resumed one appends
+                (self.out_dir / "evals.jsonl").unlink(missing_ok=True)
             self._evaluate(model, step=0)
 
     def _setup_main(self) -> dict:
