@@ -100,7 +100,7 @@ class TrainingConfig:
 @dataclass
 class LisConfig:
     enabled: bool = True
-    builder: str = "co_engagement"  # the LIS ceiling AIS is compared with
+    builder: str | None = None  # the LIS ceiling AIS is compared with; None = data.builder
     metric_for_best_model: str = "eval_ais_auc"
     early_stopping_patience: int | None = 3
     early_stopping_min_delta: float = 0.0
@@ -234,6 +234,9 @@ def _check(recipe: Recipe) -> None:
             raise ConfigError(f"{src}: field '{name}' must be positive; got {value!r}.")
     if not 0.0 <= recipe.data.holdout_fraction < 1.0:
         raise ConfigError(f"{src}: field 'data.holdout_fraction' must be in [0, 1); got {recipe.data.holdout_fraction!r}.")
+    if recipe.loss.logit_scale_init > 100:
+        raise ConfigError(f"{src}: field 'loss.logit_scale_init' must be at most 100 (the loss clamps the scale "
+                          f"there); got {recipe.loss.logit_scale_init!r}.")
     if not 0.0 < recipe.data.eval_fraction < 1.0:
         raise ConfigError(f"{src}: field 'data.eval_fraction' must be in (0, 1); got {recipe.data.eval_fraction!r}.")
     if recipe.training.save_steps % recipe.training.eval_steps and recipe.lis.enabled:

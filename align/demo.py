@@ -79,12 +79,14 @@ def lis_table(lis: dict) -> list[str]:
     return lines
 
 
-def best_builder(lis: dict) -> str:
-    """The builder with the highest LIS whose interval lies above 0."""
-    usable = {name: s for name, s in lis.items() if s["auc_gain_ci"][0] > 0 and name != "random"}
-    if not usable:
+def training_builder(lis: dict) -> str:
+    """The builder to train on: the highest LIS whose interval lies above 0 (lis.verdict.best_builder)."""
+    from lis.verdict import best_builder
+
+    builder = best_builder(lis)
+    if builder is None:
         raise DataError("demo: no builder has an LIS interval above 0; the preference data has no headroom.")
-    return max(usable, key=lambda name: usable[name]["auc_gain"])
+    return builder
 
 
 def run_demo(out="runs/demo", seed: int = 0, preset: str = "demo", overrides=(), publish: bool = True) -> dict:
@@ -99,7 +101,7 @@ def run_demo(out="runs/demo", seed: int = 0, preset: str = "demo", overrides=(),
     data_dir = prepare_world(out, seed, preset)
     datadir = load_datadir(data_dir, check_images=True)
     evaluator, builders_report = compare_builders(datadir, out, seed)
-    builder = best_builder(builders_report["lis"])
+    builder = training_builder(builders_report["lis"])
     say(f"training on the fit-window pairs of the best builder: {builder}")
     options = DEMO_BUILDER_OPTIONS.get(builder, {})
     recipe = load_recipe(DEMO_RECIPE, [

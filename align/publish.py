@@ -157,6 +157,7 @@ def verify(folder, run_dir, n_probe: int = 32, min_cosine: float = MIN_COSINE) -
 
     from align.collate import items_from_catalogue
     from lis.embeddings import load_embeddings
+    from lis.datadir import find_table
     from lis.schemas import load_catalogue
 
     run_dir = Path(run_dir)
@@ -165,7 +166,7 @@ def verify(folder, run_dir, n_probe: int = 32, min_cosine: float = MIN_COSINE) -
     rows = np.unique(np.linspace(0, len(table) - 1, min(n_probe, len(table))).round().astype(int))
     ids = [table.ids[row] for row in rows]
     data_dir = _data_dir(run, run_dir)
-    items = items_from_catalogue(load_catalogue(data_dir / "catalogue.parquet"), ids=ids, base_dir=data_dir)
+    items = items_from_catalogue(load_catalogue(find_table(data_dir, "catalogue")), ids=ids, base_dir=data_dir)
     dtype = ((run.get("recipe") or {}).get("model") or {}).get("dtype")
     embedder, batcher = load_published(folder, base_model=str(run["base_model"]), dtype=dtype)
     got = torch.nn.functional.normalize(embedder.embed_items(items, batcher, batch_size=16).float(), dim=-1)
@@ -193,10 +194,15 @@ def _data_dir(run: dict, run_dir: Path) -> Path:
     given = (run.get("data") or {}).get("data_dir")
     if not given:
         raise DataError("run.json: field 'data.data_dir' is missing; verification needs the catalogue.")
+    from lis.datadir import find_table
+
     for candidate in (Path(given), run_dir / given):
-        if (candidate / "catalogue.parquet").is_file():
+        try:
+            find_table(candidate, "catalogue")  # Parquet, CSV, JSONL or a datasets folder
             return candidate
-    raise DataError(f"run.json: field 'data.data_dir' is {given!r}, which holds no catalogue.parquet "
+        except DataError:
+            continue
+    raise DataError(f"run.json: field 'data.data_dir' is {given!r}, which holds no catalogue table "
                     f"(looked in the working directory and in {run_dir}).")
 
 

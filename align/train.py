@@ -177,10 +177,10 @@ def make_lis_callback(recipe, data: TrainingData, source, items: list[dict], eva
 
         options = {recipe.data.builder: dict(recipe.data.builder_options)} if recipe.data.builder_options else {}
         config = EvaluatorConfig(eval_fraction=recipe.data.eval_fraction, n_bootstrap=recipe.lis.n_bootstrap,
-                                 seed=recipe.training.seed, builder_options=options)
+                                 seed=recipe.training.seed, top_k=recipe.data.top_k, builder_options=options)
         return LISEvaluator(data.datadir.log, data.datadir.catalogue, config, name=f"{recipe.data.data_dir}/log")
 
-    return LISValidationCallback(source, items, recipe.training.output_dir, builder=recipe.lis.builder,
+    return LISValidationCallback(source, items, recipe.training.output_dir, builder=recipe.lis.builder or recipe.data.builder,
                                  evaluator=evaluator, evaluator_factory=factory,
                                  require_headroom=recipe.lis.require_headroom, trained_until=data.trained_until,
                                  export_batch_size=recipe.training.export_batch_size,
@@ -244,7 +244,9 @@ def run_training(recipe, callbacks=None, evaluator=None) -> dict:
         return PairDataset(anchors[rows], positives[rows], weights[rows])
 
     collator = PairCollator(source, use_weights=recipe.loss.use_pair_weights)
-    lis_callback = make_lis_callback(recipe, data, source, items, evaluator) if recipe.lis.enabled else None
+    # The exporter collates from the item cache when there is one, else runs the processor itself.
+    export_source = source if d.item_cache else batcher
+    lis_callback = make_lis_callback(recipe, data, export_source, items, evaluator) if recipe.lis.enabled else None
     callbacks = ([lis_callback] if lis_callback else []) + list(callbacks or [])
     trainer = build_trainer(recipe, model, subset(data.train_rows), subset(data.eval_rows), collator,
                             processor=processor, callbacks=callbacks)

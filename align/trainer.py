@@ -303,7 +303,7 @@ def _trainer_class():
         def evaluation_loop(self, *args, **kwargs):
             self._eval_accuracy = []
             output = super().evaluation_loop(*args, **kwargs)
-            prefix = kwargs.get("metric_key_prefix", args[3] if len(args) > 3 else "eval")
+            prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
             if self._eval_accuracy:  # the loss gathers the global batch: accuracy is already global
                 output.metrics[f"{prefix}_accuracy"] = float(torch.stack(self._eval_accuracy).mean())
             return output

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from lis.builders import build_pairs
+from lis.builders import BUILDERS, build_pairs, builder_options
 from lis.embeddings import EmbeddingTable
 from lis.errors import ConfigError, DataError
 from lis.features import CONTROL_NAMES, HistoryIndex
@@ -196,7 +196,8 @@ class LISEvaluator:
         return pd.concat([self.fit_log, eval_part.loc[other]], ignore_index=True)
 
     def builder_pairs(self, builder: str, log_slice: pd.DataFrame, **options) -> pd.DataFrame:
-        opts = {"top_k": self.config.top_k} if builder in ("co_engagement", "ranker_knn", "category", "random") else {}
+        takes_top_k = builder in BUILDERS and "top_k" in builder_options(builder)  # unknown: build_pairs says so
+        opts = {"top_k": self.config.top_k} if takes_top_k else {}
         opts.update(self.config.builder_options.get(builder, {}))
         opts.update(options)
         ranker = None

@@ -25,14 +25,24 @@ ADVICE = {
 }
 
 
+NULL_CONTROLS = ("random",)
+
+
+def best_builder(lis: dict) -> str | None:
+    """The builder with the highest LIS whose interval lies above 0 (the null control ``random``
+    never counts); None when there is none."""
+    usable = [name for name, s in lis.items() if s["auc_gain_ci"][0] > 0.0 and name not in NULL_CONTROLS]
+    return max(usable, key=lambda name: lis[name]["auc_gain"]) if usable else None
+
+
 def verdict(lis: dict, efficiency: dict, model_bound_below: float = 0.5, near_ceiling_above: float = 0.9) -> dict:
     """``lis``: builder -> scores with ``auc_gain`` and ``auc_gain_ci``; ``efficiency``: table -> builder -> eta|None."""
     if not lis:
         return {"code": "no_headroom", "builder": None, "table": None, "eta": None, "advice": "No builder was scored."}
-    builder = max(lis, key=lambda name: lis[name]["auc_gain"])
-    best = lis[builder]
-    if best["auc_gain_ci"][0] <= 0.0:
-        return {"code": "no_headroom", "builder": builder, "table": None, "eta": None, "advice": ADVICE["no_headroom"]}
+    builder = best_builder(lis)
+    if builder is None:
+        highest = max(lis, key=lambda name: lis[name]["auc_gain"])
+        return {"code": "no_headroom", "builder": highest, "table": None, "eta": None, "advice": ADVICE["no_headroom"]}
     scored = [(table, etas.get(builder)) for table, etas in efficiency.items() if etas.get(builder) is not None]
     if not scored:
         return {"code": "headroom", "builder": builder, "table": None, "eta": None,

@@ -169,6 +169,19 @@ def test_without_headroom_the_run_warns_and_efficiency_is_nan(tmp_path, data_dir
     assert (out / "lis_curve.png").is_file() and (out / "lis_report.json").is_file()
 
 
+def test_callback_exports_through_the_processor_when_the_item_cache_is_off(tmp_path, data_dir, base_model,
+                                                                          no_headroom_evaluator):
+    # The GPU recipes set data.item_cache: false; the exporter must then run the processor itself.
+    from align.train import run_training
+
+    out = tmp_path / "run"
+    r = recipe(data_dir, base_model, out, *LIS, "lis.builder=random", "data.item_cache=false",
+               "training.max_steps=2", "training.eval_steps=2", "training.save_steps=2", "training.report_to=[]")
+    result = run_training(r, evaluator=no_headroom_evaluator)
+    assert [h["step"] for h in result["lis_callback"].history] == [0, 2]
+    assert all(h["eval_ais_coverage"] > 0.9 for h in result["lis_callback"].history)
+
+
 # ----------------------------------------------------------------------------- two ranks
 @pytest.mark.slow  # two processes: ~1-2 min on 2 busy cores
 @pytest.mark.timeout(240)
