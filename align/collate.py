@@ -172,11 +172,12 @@ def items_from_catalogue(catalogue, ids=None, base_dir=None) -> list[dict]:
         if image is not None and _is_missing(image):
             image = None
         if isinstance(image, str) and base_dir is not None:
-            image = str(Path(base_dir) / image)
+            # Absolute, so a batcher with its own base_dir does not join a relative dir twice.
+            image = str(Path(base_dir).absolute() / image)
         items.append({"item_id": str(row.item_id), "text": row.text, "image": image})
     return items
 
 
 def batcher_for_datadir(datadir, processor, family, **kwargs) -> ItemBatcher:
     """An :class:`ItemBatcher` whose relative image paths resolve against a DataDir's folder."""
-    return ItemBatcher(processor, family, base_dir=Path(datadir.path), **kwargs)
+    return ItemBatcher(processor, family, base_dir=Path(datadir.path).absolute(), **kwargs)

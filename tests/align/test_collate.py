@@ -73,3 +73,20 @@ def test_missing_image_policy_error_and_catalogue_order(qwen, tiny_catalogue):
         items_from_catalogue(frame, ids=["nope"])
     with pytest.raises(ConfigError, match="missing_image"):
         ItemBatcher(*qwen, missing_image="skip")
+
+
+
+def test_items_of_a_data_dir_given_by_a_relative_path_open_their_images(tiny_catalogue, monkeypatch, loaded):
+    # `make demo` passes runs/demo/data: the image path must not get the relative dir twice.
+    import os
+    from pathlib import Path
+
+    from lis.datadir import DataDir
+
+    _, processor, family = loaded
+    monkeypatch.chdir(tiny_catalogue.parent)
+    relative = Path(os.path.relpath(tiny_catalogue))
+    catalogue = pd.read_parquet(tiny_catalogue / "catalogue.parquet")
+    items = items_from_catalogue(DataDir(path=relative, catalogue=catalogue, log=None))
+    batch = ItemBatcher(processor, family, base_dir=relative)(items[:2])
+    assert batch["input_ids"].shape[0] == 2
