@@ -31,7 +31,7 @@ import torch.distributed as dist
 
 from align.distributed import all_gather_no_grad, is_distributed, is_main_process, world_info
 from lis.embeddings import EmbeddingTable, make_manifest, save_embeddings
-from lis.errors import DataError
+from lis.errors import DataError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -410,7 +410,7 @@ def load_export_model(model_dir, adapter_dir=None, dtype=None, *, dim: int = 128
     try:
         model, processor, family = load_vlm(model_name, dtype=dtype)
     except (OSError, ValueError) as error:  # transformers' "not a folder nor a Hub id", bad config
-        raise DataError(f"{model_name}: cannot load the model ({_first_line(error)}).") from None
+        raise DataError(f"{model_name}: cannot load the model ({first_line(error)}).") from None
     options: dict = {}
     head = {"dim": dim, "pooling": pooling, "center": center, "normalize": True}
     if adapter_dir is not None:
@@ -457,11 +457,6 @@ def _read_json(path: Path):
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise DataError(f"{path}: not valid JSON ({error}).") from None
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 __all__ = ["export_embeddings", "write_embeddings", "load_export_model", "export_manifest", "adapter_hash",

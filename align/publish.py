@@ -33,7 +33,7 @@ from pathlib import Path
 
 from align.embedder import HEAD_CONFIG, HEAD_WEIGHTS
 from align.export import CONFIG_NAME  # noqa: F401  (re-exported: publish wrote it first)
-from lis.errors import DataError
+from lis.errors import DataError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ def _upload(folder: Path, repo_id: str, private: bool, token: str, endpoint: str
                                  commit_message="Upload adapter with lis-align")
     except HfHubHTTPError as error:
         status = getattr(error.response, "status_code", "?")
-        raise DataError(f"{repo_id}: the Hub refused the upload (HTTP {status}): {_first_line(error)}") from None
+        raise DataError(f"{repo_id}: the Hub refused the upload (HTTP {status}): {first_line(error)}") from None
     except _transport_errors() as error:
         raise DataError(f"{api.endpoint}: cannot reach the Hub ({type(error).__name__}).") from None
     logger.info("uploaded %s to %s", folder, repo_id)
@@ -276,5 +276,3 @@ def _transport_errors() -> tuple:
     return tuple(found) or (ConnectionError,)
 
 
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

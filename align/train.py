@@ -88,9 +88,10 @@ def _hold_out(data: TrainingData, recipe) -> None:
     rng = np.random.default_rng(recipe.training.seed)
     order = rng.permutation(n)
     k = min(recipe.data.max_holdout_pairs, int(n * recipe.data.holdout_fraction))
-    if k == 0 or n - k < 1:
+    if k == 0:  # holdout_fraction < 1 is validated, so k < n always
         data.train_rows, data.eval_rows, data.eval_is_holdout = np.arange(n), order[: min(n, recipe.data.max_holdout_pairs)], False
-        logger.warning("%d pairs: too few to hold any out; eval_loss is measured on training pairs", n)
+        logger.warning("%d pairs with data.holdout_fraction=%s hold none out; eval_loss is measured on training pairs",
+                       n, recipe.data.holdout_fraction)
         return
     data.train_rows, data.eval_rows = np.sort(order[k:]), np.sort(order[:k])
 

@@ -21,3 +21,10 @@ def describe_value(value, limit: int = 60) -> str:
         value = value.item()  # numpy scalars print as np.float64(nan) otherwise
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name when empty): third-party errors
+    can span pages, and our messages are one line."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

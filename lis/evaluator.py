@@ -153,18 +153,22 @@ class LISEvaluator:
                 "pre-evaluation data, otherwise its gain is leaked, not learned. Rebuild its training pairs on the fit window."
             )
 
-    def coverage(self, table: EmbeddingTable) -> float:
-        """Share of evaluation impressions whose candidate item has a vector in the table."""
-        present = self.index.present_items(table.ids)
-        codes = pd.Index(self.index.item_ids).get_indexer(self.eval_log["item_id"].astype(str))
-        return float(present[codes].mean())
+    def coverage(self, table: EmbeddingTable, present: np.ndarray | None = None) -> float:
+        """Share of evaluation impressions whose candidate item has a vector in the table.
 
-    def table_features(self, table: EmbeddingTable) -> tuple[np.ndarray, np.ndarray]:
-        return self.index.features(table), self.index.controls(table)
+        ``present`` (``index.present_items(table.ids)``) may be passed when already computed."""
+        present = self.index.present_items(table.ids) if present is None else present
+        # eval_log is log.iloc[index.rows], so the index's candidate codes are in its order.
+        return float(present[self.index.target_items].mean())
 
-    def check_overlap(self, table: EmbeddingTable, name: str) -> None:
+    def table_features(self, table: EmbeddingTable, present: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        controls = self.index.controls(table) if present is None else self.index.controls(present=present)
+        return self.index.features(table), controls
+
+    def check_overlap(self, table: EmbeddingTable, name: str, present: np.ndarray | None = None) -> None:
         """Refuse a table that shares no item with the log (almost always an id-format mismatch)."""
-        if not self.index.present_items(table.ids).any():
+        present = self.index.present_items(table.ids) if present is None else present
+        if not present.any():
             raise DataError(
                 f"{name}: none of its {len(table.ids)} item ids occurs in the log (table ids look like "
                 f"{table.ids[0]!r}, log item ids like {str(self.index.item_ids[0])!r}); it cannot be scored."
@@ -181,10 +185,11 @@ class LISEvaluator:
         if self.config.mode == "full":
             return self.score_table_full(table, name, return_scores)
         self.check_table(table, name)
-        self.check_overlap(table, name)
-        phi, controls = self.table_features(table)
+        present = self.index.present_items(table.ids)  # the table's ids looked up once per score
+        self.check_overlap(table, name, present)
+        phi, controls = self.table_features(table, present)
         out = self._gain(phi, controls, return_scores)
-        out["coverage"] = self.coverage(table)
+        out["coverage"] = self.coverage(table, present)
         out["mode"] = "probe"
         return out
 
@@ -372,12 +377,13 @@ class LISEvaluator:
         table's: the controls-only baseline is cached), i.e. seconds on 100k impressions.
         """
         self.check_table(table, name)
-        self.check_overlap(table, name)
+        present = self.index.present_items(table.ids)
+        self.check_overlap(table, name, present)
         full = self._full_mode()
         dense_fit = np.hstack([full["index"].controls(table), full["index"].features(table)])
-        phi, controls = self.table_features(table)
+        phi, controls = self.table_features(table, present)
         out = self._full_gain(dense_fit, np.hstack([controls, phi]), return_scores)
-        out["coverage"] = self.coverage(table)
+        out["coverage"] = self.coverage(table, present)
         return out
 
     def _full_mode(self) -> dict:

@@ -257,6 +257,11 @@ class HistoryIndex:
 
         return self._pooled(pair, present, tau)
 
+    @property
+    def target_items(self) -> np.ndarray:
+        """Code (position in ``item_ids``) of each target impression's candidate, in ``rows`` order."""
+        return self._t_item
+
     def controls(self, table=None, present=None) -> np.ndarray:
         """(n_targets, 3) float32 controls: log1p(history length), history-missing, candidate-missing.
 

@@ -120,10 +120,9 @@ def load_vlm(path_or_id: str, dtype=None, attn_implementation: str | None = None
     try:
         config = AutoConfig.from_pretrained(path_or_id, **kwargs)
     except OSError as error:  # "not a local folder nor a Hub id", or offline: bad input, not a bug
-        from lis.errors import DataError
+        from lis.errors import DataError, first_line
 
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DataError(f"{path_or_id}: cannot load the model config ({first}); check model.path.") from None
+        raise DataError(f"{path_or_id}: cannot load the model config ({first_line(error)}); check model.path.") from None
     family = family_for_model_type(getattr(config, "model_type", None))
     model_kwargs = dict(kwargs)
     resolved = resolve_dtype(dtype)
