@@ -1,4 +1,9 @@
-"""Catalogue rows -> processor batches for :class:`align.embedder.ItemEmbedder`.
+"""Collation: catalogue rows -> processor batches, and preference pairs -> training batches.
+
+Items: :class:`ItemBatcher` turns item dicts into one processor batch for
+:class:`align.embedder.ItemEmbedder` (:class:`align.item_cache.ItemCache` does the same from
+preprocessed tensors). Pairs: :class:`PairDataset` holds training pairs as catalogue rows and
+:class:`PairCollator` turns B of them into ONE item batch of 2B items (anchors, then positives).
 
 An item is a dict ``{"item_id": str, "text": str, "image": PIL.Image | str | bytes | None}``;
 a ``str`` image is a path relative to the batcher's ``base_dir`` (the catalogue's folder),
@@ -10,6 +15,9 @@ from __future__ import annotations
 import io
 import logging
 from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
 
 from align.models.families import DEFAULT_PROMPT, format_prompt, get_family
 from lis.errors import ConfigError, DataError
@@ -181,3 +189,63 @@ def items_from_catalogue(catalogue, ids=None, base_dir=None) -> list[dict]:
 def batcher_for_datadir(datadir, processor, family, **kwargs) -> ItemBatcher:
     """An :class:`ItemBatcher` whose relative image paths resolve against a DataDir's folder."""
     return ItemBatcher(processor, family, base_dir=Path(datadir.path).absolute(), **kwargs)
+
+
+# --- training pairs ----------------------------------------------------------------------------
+class PairDataset(Dataset):
+    """Preference pairs as catalogue row indices: ``__getitem__`` -> ``{"anchor", "positive", "weight"}``.
+
+    Rows (not ids) because the loss masks duplicates and known pairs by integer id, and the
+    item cache is indexed by row.
+    """
+
+    def __init__(self, anchors, positives, weights=None):
+        self.anchors = torch.as_tensor(anchors, dtype=torch.int64)
+        self.positives = torch.as_tensor(positives, dtype=torch.int64)
+        self.weights = (torch.ones(len(self.anchors)) if weights is None
+                        else torch.as_tensor(weights, dtype=torch.float32))
+        if not (len(self.anchors) == len(self.positives) == len(self.weights)):
+            raise ValueError("PairDataset: anchors, positives and weights must have the same length")
+
+    def __len__(self) -> int:
+        return len(self.anchors)
+
+    def __getitem__(self, i) -> dict:
+        return {"anchor": int(self.anchors[i]), "positive": int(self.positives[i]), "weight": float(self.weights[i])}
+
+
+class BatcherSource:
+    """Items processed per batch by an ``ItemBatcher`` (no cache): the path for large images,
+    where DataLoader workers (``training.dataloader_num_workers``) run the processor."""
+
+    def __init__(self, batcher, items: list[dict]):
+        self.batcher, self.items = batcher, items
+
+    def collate(self, rows) -> dict:
+        return dict(self.batcher([self.items[int(r)] for r in rows]))
+
+
+class PairCollator:
+    """Features from :class:`PairDataset` -> one model batch.
+
+    Args:
+        source: anything with ``collate(rows) -> dict of tensors`` (:class:`ItemCache`,
+            :class:`BatcherSource`).
+        use_weights: pass the pair weights to the loss (else every pair weighs 1).
+
+    The item batch holds the B anchors first, then the B positives: the model splits the
+    embeddings at B; ``anchor_ids``/``positive_ids`` (rows) and ``weights`` travel with it.
+    """
+
+    def __init__(self, source, use_weights: bool = False):
+        self.source, self.use_weights = source, use_weights
+
+    def __call__(self, features: list[dict]) -> dict:
+        anchors = [f["anchor"] for f in features]
+        positives = [f["positive"] for f in features]
+        batch = self.source.collate(anchors + positives)
+        batch["anchor_ids"] = torch.tensor(anchors, dtype=torch.int64)
+        batch["positive_ids"] = torch.tensor(positives, dtype=torch.int64)
+        if self.use_weights:
+            batch["weights"] = torch.tensor([f["weight"] for f in features], dtype=torch.float32)
+        return batch

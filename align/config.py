@@ -15,6 +15,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from align.models.families import DEFAULT_PROMPT
 from lis.errors import ConfigError
 
 
@@ -38,6 +39,9 @@ class DataConfig:
     holdout_fraction: float = 0.05  # fit-window pairs held out for eval_loss (Trainer.evaluate)
     max_holdout_pairs: int = 256
     missing_image: str = "blank"  # blank | error: what an item without an image gets
+    # The item's prompt, with {image} (the family's image placeholder) and {text} (the item text);
+    # an instruction-tuned checkpoint may want its chat format here. Saved with every checkpoint.
+    prompt: str = DEFAULT_PROMPT
     item_cache: bool = True  # preprocess every item once (fast for small images; off for large ones)
 
 
@@ -237,6 +241,7 @@ def _check(recipe: Recipe) -> None:
     if recipe.loss.logit_scale_init > 100:
         raise ConfigError(f"{src}: field 'loss.logit_scale_init' must be at most 100 (the loss clamps the scale "
                           f"there); got {recipe.loss.logit_scale_init!r}.")
+    _check_prompt(src, recipe.data.prompt)
     if not 0.0 < recipe.data.eval_fraction < 1.0:
         raise ConfigError(f"{src}: field 'data.eval_fraction' must be in (0, 1); got {recipe.data.eval_fraction!r}.")
     if recipe.training.save_steps % recipe.training.eval_steps and recipe.lis.enabled:
@@ -244,3 +249,14 @@ def _check(recipe: Recipe) -> None:
             f"{src}: field 'training.save_steps' ({recipe.training.save_steps}) must be a multiple of "
             f"'training.eval_steps' ({recipe.training.eval_steps}) so the best checkpoint can be kept."
         )
+
+
+def _check_prompt(src: str, prompt: str) -> None:
+    """``data.prompt`` must hold ``{image}`` and ``{text}`` and no other ``{field}``."""
+    try:
+        prompt.format(image="", text="")
+    except (KeyError, IndexError, ValueError) as error:
+        raise ConfigError(f"{src}: field 'data.prompt' may hold only {{image}} and {{text}} as fields "
+                          f"(write {{{{ for a brace); got {prompt!r} ({type(error).__name__}: {error}).") from None
+    if "{image}" not in prompt or "{text}" not in prompt:
+        raise ConfigError(f"{src}: field 'data.prompt' must contain {{image}} and {{text}}; got {prompt!r}.")

@@ -91,9 +91,9 @@ def training_builder(lis: dict) -> str:
 
 def run_demo(out="runs/demo", seed: int = 0, preset: str = "demo", overrides=(), publish: bool = True) -> dict:
     """Run the main job; returns the summary it prints (also written to ``OUT/summary.json``)."""
+    from align import strict_json
     from align.config import load_recipe
     from align.train import run_training
-    from lis.atomic import write_json
     from lis.datadir import load_datadir
 
     start = time.perf_counter()
@@ -126,7 +126,7 @@ def run_demo(out="runs/demo", seed: int = 0, preset: str = "demo", overrides=(),
         summary["publish_folder"] = str(published["folder"])
         summary["publish_verify_min_cosine"] = published["verify"].get("min_cosine")
     summary["seconds"] = round(time.perf_counter() - start, 1)
-    write_json(out / "summary.json", summary)
+    strict_json.write(out / "summary.json", summary)
     print_summary(summary)
     return summary
 

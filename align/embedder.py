@@ -1,18 +1,19 @@
 """The item embedder: a VLM read out as one L2-normalised vector per item."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import logging
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from align.checkpoint import HEAD_CONFIG, read_head, write_head
+from align.embedding_loop import embed_in_batches
 from align.models.families import get_family
 from lis.errors import ConfigError, DataError
 
-HEAD_WEIGHTS = "projection_head.safetensors"
-HEAD_CONFIG = "projection_head.json"
+logger = logging.getLogger(__name__)
+
 POOLINGS = ("last", "mean")
 
 
@@ -34,8 +35,8 @@ class ItemEmbedder(nn.Module):
         pooling: ``'last'`` (default; the final non-pad position: the "one word" readout) or
             ``'mean'`` (mean over non-pad positions, image tokens included). A randomly
             initialised causal model's last position is dominated by the last word, so the
-            tiny CPU recipe should choose ``'mean'`` (DESIGN section 5: recall 0.13 vs 0.057
-            at step 0); a pretrained model is usually better read at the last position.
+            tiny CPU recipe should choose ``'mean'`` (docs/design.md, "The tiny model": recall
+            0.13 vs 0.057 at step 0); a pretrained model is usually better read at the last position.
         center: subtract a running mean and divide by a running std before the head
             (``BatchNorm1d`` without affine parameters). On by default: when the starting
             features carry little, training otherwise first collapses towards a constant
@@ -114,20 +115,13 @@ class ItemEmbedder(nn.Module):
         out = self.head(pooled)
         return F.normalize(out, dim=-1) if self.normalize else out
 
-    @torch.no_grad()
     def embed_items(self, items, batcher, batch_size: int = 64) -> torch.Tensor:
-        """Embed a list of item dicts in eval mode, ``batch_size`` at a time -> ``(n, dim)`` on CPU."""
-        was_training = self.training
-        self.eval()
-        device = next(self.head.parameters()).device
-        try:
-            chunks = []
-            for start in range(0, len(items), batch_size):
-                batch = batcher(items[start:start + batch_size])
-                chunks.append(self(**{k: v.to(device) for k, v in batch.items()}).cpu())
-            return torch.cat(chunks) if chunks else torch.empty(0, self.dim)
-        finally:
-            self.train(was_training)
+        """Embed a list of item dicts in eval mode, ``batch_size`` at a time -> ``(n, dim)`` float32 on CPU.
+
+        The same loop as every export (:func:`align.embedding_loop.embed_in_batches`), on this
+        process alone.
+        """
+        return embed_in_batches(self, batcher, items, batch_size=batch_size).cpu()
 
     # --- the head on disk -------------------------------------------------------------
 
@@ -143,44 +137,25 @@ class ItemEmbedder(nn.Module):
 
     def save_head(self, directory) -> None:
         """Write ``projection_head.safetensors`` and ``projection_head.json`` into ``directory``."""
-        from safetensors.torch import save_file
-
-        from lis.atomic import atomic_path, write_json
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        with atomic_path(directory / HEAD_WEIGHTS) as tmp:
-            save_file(self.head_state(), str(tmp))
-        write_json(directory / HEAD_CONFIG, self.head_config())
+        write_head(directory, self.head_state(), self.head_config())
 
     def load_head(self, directory) -> "ItemEmbedder":
         """Load a head saved by :meth:`save_head`; its shape and options must match this embedder's."""
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        config_path, weights_path = directory / HEAD_CONFIG, directory / HEAD_WEIGHTS
-        for path in (config_path, weights_path):
-            if not path.exists():
-                raise DataError(f"{path}: projection head file not found.")
-        saved = json.loads(config_path.read_text())
+        saved, state = read_head(directory)
         mine = self.head_config()
         for key in ("hidden_size", "dim", "center"):
             if saved.get(key) != mine[key]:
                 raise ConfigError(
-                    f"{config_path.name}: field '{key}' is {saved.get(key)!r} but this embedder has {mine[key]!r}."
+                    f"{HEAD_CONFIG}: field '{key}' is {saved.get(key)!r} but this embedder has {mine[key]!r}."
                 )
-        state = load_file(str(weights_path))
         device = next(self.head.parameters()).device
         self.head.load_state_dict({k[5:]: v.to(device) for k, v in state.items() if k.startswith("head.")})
         if self.centered:
             self.center.load_state_dict({k[7:]: v.to(device) for k, v in state.items() if k.startswith("center.")})
         if saved.get("pooling") != self.pooling:
             # Not an error: pooling has no weights, but the embeddings will differ from the saved run's.
-            import logging
-
-            logging.getLogger(__name__).warning(
-                "%s: head was trained with pooling=%r; this embedder uses %r", config_path.name, saved.get("pooling"),
-                self.pooling)
+            logger.warning("%s: head was trained with pooling=%r; this embedder uses %r", HEAD_CONFIG,
+                           saved.get("pooling"), self.pooling)
         return self
 
 

@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 from transformers import TrainerCallback
 
+from align.checkpoint import EVALS, LIS_CURVE, LIS_REPORT, LIS_REPORT_MD
+from align.strict_json import finite
 from lis.atomic import write_text
 from lis.errors import DataError
 
@@ -95,7 +97,7 @@ class LISValidationCallback(TrainerCallback):
             raise DataError(setup["error"])
         if state.global_step == 0:
             if is_main_process():  # a fresh run starts a fresh log; a resumed one appends
-                (self.out_dir / "evals.jsonl").unlink(missing_ok=True)
+                (self.out_dir / EVALS).unlink(missing_ok=True)
             self._evaluate(model, step=0)
 
     def _setup_main(self) -> dict:
@@ -168,8 +170,8 @@ class LISValidationCallback(TrainerCallback):
         return {METRIC_PREFIX + key: float(value) for key, value in out.items()}
 
     def _log(self, step: int, scores: dict) -> None:
-        line = json.dumps({"step": int(step), "time": round(time.time(), 3), **_finite(scores)})
-        path = self.out_dir / "evals.jsonl"
+        line = json.dumps(finite({"step": int(step), "time": round(time.time(), 3), **scores}), allow_nan=False)
+        path = self.out_dir / EVALS
         self.out_dir.mkdir(parents=True, exist_ok=True)
         # Append-only log: each line is complete or absent (one write of a whole line).
         with open(path, "a", encoding="utf-8") as handle:
@@ -203,7 +205,7 @@ class LISValidationCallback(TrainerCallback):
         if self._writer:
             self._writer.close()
         best_step = state.best_global_step or self.best_entry(args.metric_for_best_model)["step"]
-        write_curve(self.history, self.lis_scores, self.out_dir / "lis_curve.png", best_step=best_step,
+        write_curve(self.history, self.lis_scores, self.out_dir / LIS_CURVE, best_step=best_step,
                     builder=self.builder)
         logger.info("LIS callback time: export %.1f s, scoring %.1f s, set-up %.1f s", self.seconds["export"],
                     self.seconds["score"], self.seconds["setup"])
@@ -217,7 +219,7 @@ class LISValidationCallback(TrainerCallback):
         """The evaluator's full report for ``table`` (the best checkpoint's export), with the curve."""
         builders = builders or [self.builder]
         report = self.evaluator.report({self.model_name: table}, builders=builders)
-        report["curve"] = [_finite(h) for h in self.history]
+        report["curve"] = [finite(h) for h in self.history]
         report["callback_seconds"] = dict(self.seconds)
         return report
 
@@ -259,10 +261,6 @@ def _embedder_of(model):
                     "wrap the VLM in align.trainer.AlignmentModel.")
 
 
-def _finite(entry: dict) -> dict:
-    return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in entry.items()}
-
-
 def write_curve(history: list[dict], lis: dict, png_path, best_step: int | None = None, builder: str = "") -> None:
     """PNG of AIS (with intervals) and eta against step, the LIS ceiling drawn as a band."""
     import matplotlib
@@ -302,15 +300,15 @@ def write_curve(history: list[dict], lis: dict, png_path, best_step: int | None 
 
 def write_lis_report(report: dict, out_dir) -> None:
     """``lis_report.json`` + ``lis_report.md`` (the evaluator's layout, plus the curve)."""
-    from lis.atomic import write_json
+    from align import strict_json
     from lis.report import render_markdown
 
     out_dir = Path(out_dir)
-    write_json(out_dir / "lis_report.json", report)
+    strict_json.write(out_dir / LIS_REPORT, report)
     lines = [render_markdown(report), "## Curve", "", "| step | AIS AUC gain [95% CI] | eta |", "|---|---|---|"]
     for h in report.get("curve", []):
         eta = h.get("eval_lis_efficiency")
         lines.append(f"| {h['step']} | {h['eval_ais_auc']:+.4f} [{h['eval_ais_auc_lo']:+.4f}, {h['eval_ais_auc_hi']:+.4f}] | "
                      f"{'n/a' if eta is None else f'{eta:.2f}'} |")
-    write_text(out_dir / "lis_report.md", "\n".join(lines) + "\n")
+    write_text(out_dir / LIS_REPORT_MD, "\n".join(lines) + "\n")
 

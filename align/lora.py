@@ -29,7 +29,7 @@ def apply_lora(model: nn.Module, family, r: int = 16, alpha: int = 32, dropout: 
         train_token_embeddings: train the input token embeddings fully (PEFT
             ``modules_to_save``: a trainable copy saved with the adapter). The tiny recipe
             needs it: frozen *random* token embeddings carry so little that LoRA learned
-            from the image and ignored the text (DESIGN section 5). Costs vocab x hidden
+            from the image and ignored the text (docs/design.md, "The tiny model"). Costs vocab x hidden
             parameters in every saved adapter; rarely worth it for a pretrained model.
 
     Returns:

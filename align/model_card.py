@@ -82,8 +82,9 @@ def render_card(run: dict, report: dict, repo_id: str | None = None, head_config
     """The full ``README.md``: YAML metadata, how to load and embed, data, scores, limitations.
 
     ``repo_id`` fills the loading snippet (a placeholder otherwise); ``head_config`` (the saved
-    ``projection_head.json``) and ``batcher`` (``max_text_tokens``, ``image_size``) make the
-    snippet reproduce the run's embeddings exactly.
+    ``projection_head.json``) and ``batcher`` (the batcher settings of ``lis_align.json``:
+    ``max_text_tokens``, ``image_size``, ``prompt``, ``missing_image``) make the snippet
+    reproduce the run's embeddings exactly.
     """
     from huggingface_hub import EvalResult, ModelCardData
 
@@ -144,7 +145,7 @@ model = PeftModel.from_pretrained(base, path).eval()
 processor = load_processor(path, family)  # the processor the adapter was trained with
 embedder = ItemEmbedder(model, family, dim={head.get('dim', 128)}, pooling="{head.get('pooling', 'last')}",
                         center={head.get('center', True)}, normalize={head.get('normalize', True)}).load_head(path).eval()
-batcher = ItemBatcher(processor, family, max_text_tokens={batcher.get('max_text_tokens', 64)}, image_size={batcher.get('image_size', 64)})
+batcher = ItemBatcher(processor, family, max_text_tokens={batcher.get('max_text_tokens', 64)}, image_size={batcher.get('image_size', 64)}{_custom_batcher_args(batcher)})
 items = [{{"item_id": "sku-1", "text": "red leather shoes for running", "image": None}}]  # image: PIL, path, bytes or None
 vectors = embedder.embed_items(items, batcher)  # (n, {head.get('dim', 128)}) float32 unit vectors
 '''
@@ -154,6 +155,15 @@ vectors = embedder.embed_items(items, batcher)  # (n, {head.get('dim', 128)}) fl
             "```python", code.rstrip(), "```", "",
             "Use the vectors as item features of your ranker (e.g. cosine similarity between a candidate and "
             "the user's recently engaged items), which is exactly how AIS below was measured.", ""]
+
+
+def _custom_batcher_args(batcher: dict) -> str:
+    """``, prompt=..., missing_image=...`` for the settings that differ from ItemBatcher's defaults."""
+    from align.models.families import DEFAULT_PROMPT
+
+    defaults = {"prompt": DEFAULT_PROMPT, "missing_image": "blank"}
+    return "".join(f", {name}={batcher[name]!r}" for name, default in defaults.items()
+                   if batcher.get(name, default) != default)
 
 
 def _data_section(run: dict) -> list[str]:

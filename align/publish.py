@@ -15,10 +15,9 @@ Three steps, each usable alone:
 The token (argument, ``HF_TOKEN`` or the cached login) only ever travels in ``HfApi``'s
 Authorization header: it is never logged, returned or written.
 
-RUN_DIR layout read here (written by the trainer): ``run.json`` (``base_model``, ``family``,
-``best_step``, ``best_metric``, ``recipe``, ``data`` with ``data_dir``/``builder``/``n_pairs``/
-``n_items``/``windows``; optional ``base_model_id``, the Hub id of a local base), ``best/``
-(adapter, head, processor files, ``embeddings.safetensors``), ``lis_report.json``, ``lis_curve.png``.
+The run folder read here is in the format of :mod:`align.checkpoint` (``run.json``, ``best/``
+with its ``lis_align.json`` and ``embeddings.safetensors``, ``lis_report.json``, ``lis_curve.png``);
+the published ``lis_align.json`` carries the same batcher settings as ``best/``'s, every field.
 
 Limits: one adapter per repo, uploaded to the default branch in one commit (no pull requests,
 no revisions); verification embeds on CPU unless CUDA is present and needs the catalogue of
@@ -26,46 +25,23 @@ no revisions); verification embeds on CPU unless CUDA is present and needs the c
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
 
-from align.embedder import HEAD_CONFIG, HEAD_WEIGHTS
-from align.export import CONFIG_NAME  # noqa: F401  (re-exported: publish wrote it first)
+from align import strict_json
+from align.checkpoint import (ADAPTER_CONFIG, ADAPTER_FILES, ADAPTER_WEIGHTS, BEST_DIR, EMBEDDER_CONFIG, EMBEDDINGS,
+                              HEAD_CONFIG, HEAD_FILES, LIS_CURVE, LIS_REPORT, LIS_REPORT_MD, PROCESSOR_FILES,
+                              read_adapter_info, read_json, read_run, write_embedder_config)
+from align.export import load_export_model
 from lis.errors import DataError, first_line
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
-HEAD_FILES = (HEAD_WEIGHTS, HEAD_CONFIG)
-# What processor.save_pretrained writes across families; copied when present.
-PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
-                   "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "vocab.json", "merges.txt", "tokenizer.model", "chat_template.json", "chat_template.jinja")
-REPORT_FILES = ("lis_report.json", "lis_curve.png")
-OPTIONAL_REPORT_FILES = ("lis_report.md",)
-EMBEDDINGS = "embeddings.safetensors"
+REPORT_FILES = (LIS_REPORT, LIS_CURVE)
+OPTIONAL_REPORT_FILES = (LIS_REPORT_MD,)
 MIN_COSINE = 0.999
 NO_TOKEN = "no Hugging Face token found: set HF_TOKEN or run `huggingface-cli login` (or pass --dry-run)."
-
-
-def read_run(run_dir) -> dict:
-    """``run.json`` of a training run, with its required fields checked."""
-    path = Path(run_dir) / "run.json"
-    if not path.is_file():
-        raise DataError(f"{path}: run.json not found; is {run_dir} a lis-align training run folder?")
-    try:
-        run = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}: not valid JSON ({error}).") from None
-    for key in ("base_model", "best_step", "data"):
-        if key not in run:
-            raise DataError(f"run.json: field '{key}' is missing (in {path}).")
-    if str(run["base_model"]).startswith("tiny:"):
-        raise DataError(f"run.json: field 'base_model' is {run['base_model']!r}; it must name the folder the "
-                        "tiny model was built in (or a Hub id) so the adapter can be reloaded.")
-    return run
 
 
 def assemble(run_dir, out_dir=None, repo_id: str | None = None) -> Path:
@@ -77,7 +53,7 @@ def assemble(run_dir, out_dir=None, repo_id: str | None = None) -> Path:
 
     run_dir = Path(run_dir)
     run = read_run(run_dir)
-    best = run_dir / "best"
+    best = run_dir / BEST_DIR
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "publish"
     required = [best / name for name in ADAPTER_FILES + HEAD_FILES] + [run_dir / name for name in REPORT_FILES]
     for path in required:
@@ -87,44 +63,35 @@ def assemble(run_dir, out_dir=None, repo_id: str | None = None) -> Path:
     if not any(p.name in ("tokenizer_config.json", "tokenizer.json") for p in processor_files):
         raise DataError(f"tokenizer_config.json: no processor/tokenizer files in {best}; save the processor "
                         "with the best checkpoint.")
-    report = json.loads((run_dir / "lis_report.json").read_text())
-    head = json.loads((best / HEAD_CONFIG).read_text())
+    report = read_json(run_dir / LIS_REPORT)
+    head = read_json(best / HEAD_CONFIG)
     base_name = hub_base_model(run) or Path(str(run["base_model"])).name
     given = (run.get("data") or {}).get("data_dir")
     if given and any((d / "synth.json").is_file() for d in (Path(given), run_dir / given)):
         run["data"]["simulated"] = True  # lis-align synth wrote this data dir: the card says so
-    config = {"base_model": base_name, "family": run.get("family") or head.get("family"),
-              "best_step": run.get("best_step"), "head": head, "batcher": batcher_options(run)}
-    card = render_card(run, report, repo_id=repo_id, head_config=head, batcher=config["batcher"])
+    batcher = read_adapter_info(best).batcher  # best/lis_align.json, else run.json's recipe
+    card = render_card(run, report, repo_id=repo_id, head_config=head, batcher=batcher)
 
     from lis.atomic import atomic_path
 
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         # adapter_config.json is rewritten below, not copied.
-        for path in [best / name for name in ("adapter_model.safetensors", *HEAD_FILES)] + processor_files:
+        for path in [best / name for name in (ADAPTER_WEIGHTS, *HEAD_FILES)] + processor_files:
             shutil.copyfile(path, tmp / path.name)
         for name in REPORT_FILES + OPTIONAL_REPORT_FILES:
             if (run_dir / name).is_file():
                 shutil.copyfile(run_dir / name, tmp / name)
-        adapter_config = json.loads((best / "adapter_config.json").read_text())
+        adapter_config = read_json(best / ADAPTER_CONFIG)
         # PEFT records the local path the base was loaded from; publish the Hub id (or the bare
         # folder name) instead: AutoPeftModel resolves it, and no home folder leaks to the Hub.
         adapter_config["base_model_name_or_path"] = base_name
-        (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2) + "\n")
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / ADAPTER_CONFIG).write_text(strict_json.dumps(adapter_config, indent=2) + "\n")
+        write_embedder_config(tmp, batcher, base_model=base_name, family=run.get("family") or head.get("family"),
+                              best_step=run.get("best_step"), head=head)
         (tmp / "README.md").write_text(card)
     logger.info("assembled %d files in %s", len(list(out_dir.iterdir())), out_dir)
     return out_dir
-
-
-def batcher_options(run: dict) -> dict:
-    """The batcher settings of training (``recipe.data``), so reloading embeds items identically."""
-    data = (run.get("recipe") or {}).get("data") or {}
-    options = {key: data[key] for key in ("max_text_tokens", "image_size") if key in data}
-    options.setdefault("max_text_tokens", 64)  # ItemBatcher's defaults
-    options.setdefault("image_size", 64)
-    return options
 
 
 def load_published(folder, base_model: str | None = None, dtype=None):
@@ -135,13 +102,10 @@ def load_published(folder, base_model: str | None = None, dtype=None):
     :func:`align.export.load_export_model`'s (head from ``projection_head.json``, batcher from
     ``lis_align.json``), so a published folder and a training checkpoint load the same way.
     """
-    from align.export import load_export_model
-
     folder = Path(folder)
-    config_path = folder / CONFIG_NAME
-    if not config_path.is_file():
-        raise DataError(f"{CONFIG_NAME}: not found in {folder}; assemble the folder with lis-align publish.")
-    config = json.loads(config_path.read_text())
+    config = read_json(folder / EMBEDDER_CONFIG)
+    if config is None:
+        raise DataError(f"{EMBEDDER_CONFIG}: not found in {folder}; assemble the folder with lis-align publish.")
     return load_export_model(str(base_model or config["base_model"]), folder, dtype=dtype)
 
 
@@ -162,14 +126,14 @@ def verify(folder, run_dir, n_probe: int = 32, min_cosine: float = MIN_COSINE) -
 
     run_dir = Path(run_dir)
     run = read_run(run_dir)
-    table = load_embeddings(run_dir / "best" / EMBEDDINGS)
+    table = load_embeddings(run_dir / BEST_DIR / EMBEDDINGS)
     rows = np.unique(np.linspace(0, len(table) - 1, min(n_probe, len(table))).round().astype(int))
     ids = [table.ids[row] for row in rows]
     data_dir = _data_dir(run, run_dir)
     items = items_from_catalogue(load_catalogue(find_table(data_dir, "catalogue")), ids=ids, base_dir=data_dir)
     dtype = ((run.get("recipe") or {}).get("model") or {}).get("dtype")
     embedder, batcher = load_published(folder, base_model=str(run["base_model"]), dtype=dtype)
-    got = torch.nn.functional.normalize(embedder.embed_items(items, batcher, batch_size=16).float(), dim=-1)
+    got = torch.nn.functional.normalize(embedder.embed_items(items, batcher, batch_size=16), dim=-1)
     want = torch.nn.functional.normalize(torch.from_numpy(table.vectors[rows]), dim=-1)
     if got.shape != want.shape:
         raise DataError(f"{EMBEDDINGS}: the reloaded embedder gives {got.shape[1]}-d vectors but the run's best "

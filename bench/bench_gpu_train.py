@@ -41,7 +41,9 @@ def main() -> int:
     from align.embedder import ItemEmbedder
     from align.lora import apply_lora
     from align.loss import InfoNCELoss
-    from align.trainer import AlignmentModel, PairDataset, _trainer_class
+    from align.alignment_model import AlignmentModel
+    from align.collate import PairDataset
+    from align.trainer import AlignTrainer
 
     config = Qwen2VLConfig(
         text_config=dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
@@ -74,7 +76,7 @@ def main() -> int:
                     "pixel_values": torch.randn(n * patches, 3 * 2 * 14 * 14),
                     "image_grid_thw": torch.tensor([[1, grid, grid]] * n)}
 
-    from align.trainer import PairCollator
+    from align.collate import PairCollator
 
     n_pairs = args.batch * 64 * (args.steps + args.warmup)
     dataset = PairDataset(torch.arange(n_pairs) % 100000, (torch.arange(n_pairs) + 1) % 100000)
@@ -94,7 +96,7 @@ def main() -> int:
             torch.cuda.synchronize()
             times.append(time.perf_counter() - self.t)
 
-    trainer = _trainer_class()(model=model, args=training_args, train_dataset=dataset,
+    trainer = AlignTrainer(model=model, args=training_args, train_dataset=dataset,
                                data_collator=PairCollator(RandomItems()), callbacks=[Timer()])
     trainer.train()
     world = trainer.args.world_size

@@ -122,7 +122,7 @@ def reference_features(log_users, log_items, log_times, eng, index_rows, table, 
 
 
 def batched_gather_features(index, table, n, chunk=20000, tau=0.1):
-    """The memory-bound way: materialise E[hist] (n, L, d) per chunk, then one bmm (DESIGN section 5)."""
+    """The memory-bound way: materialise E[hist] (n, L, d) per chunk, then one bmm (docs/design.md, "Measured notes")."""
     vectors, present = index._item_vectors(table)
     L = index.max_len
     out = []

@@ -52,12 +52,13 @@ def main() -> int:
     torch.set_num_threads(1)  # the training default on CPU (training.cpu_threads); steadier timings
     from transformers import Trainer
 
+    from align.alignment_model import build_alignment_model
+    from align.collate import PairCollator, PairDataset, batcher_for_datadir, items_from_catalogue
     from align.config import load_recipe
     from align.item_cache import ItemCache
-    from align.collate import batcher_for_datadir, items_from_catalogue
     from align.models.tiny import build_tiny_vlm
-    from align.train import build_alignment_model, prepare_data
-    from align.trainer import PairCollator, PairDataset, build_trainer, make_training_args
+    from align.trainer import build_trainer, make_training_args
+    from align.training_data import pair_rows, prepare_data
     from lis.synth import simulate
 
     root = Path(tempfile.mkdtemp(prefix="bench_train_"))
@@ -69,9 +70,7 @@ def main() -> int:
         f"training.save_steps={10 * args.steps}", f"training.eval_steps={10 * args.steps}",
         "training.logging_steps=10", "training.report_to=[]", "lis.early_stopping_patience=null"])
     data = prepare_data(recipe)
-    row_of = {item: row for row, item in enumerate(data.datadir.catalogue["item_id"])}
-    anchors = data.pairs["anchor_id"].map(row_of).to_numpy()
-    positives = data.pairs["positive_id"].map(row_of).to_numpy()
+    anchors, positives, _ = pair_rows(data)
     dataset = PairDataset(anchors, positives)
 
     results = {"plain Trainer": ([], []), "AlignTrainer": ([], [])}

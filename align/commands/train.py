@@ -2,7 +2,8 @@
 
 Without ``--accelerate-config`` the recipe trains in this process (one CPU or one GPU). With
 it, the command becomes ``accelerate launch --config_file accelerate_configs/NAME.yaml
-[--num_processes N] -m align.train_main RECIPE key=value ...`` and returns its exit status.
+[--num_processes N] -m align.train RECIPE key=value ...`` and returns its exit status. Either way
+the training itself is :mod:`align.train`'s (its :func:`align.train.main`).
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def launch_command(recipe: str, overrides, config: str, num_processes: int | Non
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(path)]
     if num_processes is not None:
         cmd += ["--num_processes", str(num_processes)]
-    return cmd + ["-m", "align.train_main", recipe, *overrides]
+    return cmd + ["-m", "align.train", recipe, *overrides]
 
 
 def run_train(args) -> int:
@@ -50,7 +51,7 @@ def run_train(args) -> int:
             from lis.errors import ConfigError
 
             raise ConfigError("--num-processes: needs --accelerate-config (one process trains in-process).")
-        from align.train_main import main
+        from align.train import main
 
         return main([args.recipe, *args.overrides])
     cmd = launch_command(args.recipe, args.overrides, args.accelerate_config, args.num_processes)

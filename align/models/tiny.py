@@ -8,7 +8,7 @@ Tests and the CPU demo use it so the code path is the one a real checkpoint take
 Sizes: hidden 64, 2 decoder layers, 4 heads (2 KV heads), a 2-layer vision tower, 64-px
 images giving 16 (Qwen2-VL, LLaVA) or 4 (Idefics3) image tokens; 0.2-0.4M parameters.
 The tokenizer is a byte-level BPE trained on the catalogue's text (a generic tokenizer split
-titles into ~5x more tokens and made steps 1.75x slower, DESIGN section 5), or on a small
+titles into ~5x more tokens and made steps 1.75x slower; docs/design.md, "The tiny model"), or on a small
 built-in corpus. Everything is seeded: the same arguments give the same bytes of weights.
 
 Limits: no chat template is saved (prompts are plain text, see ``families.format_prompt``);
@@ -16,7 +16,6 @@ Idefics3 is built with image splitting off (one global image per item).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from align.models.families import DEFAULT_PROMPT
@@ -233,6 +232,3 @@ def save_tiny(model, processor, out_dir, family: str) -> None:
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
-
-def describe(out_dir) -> dict:
-    return json.loads((Path(out_dir) / "lis_tiny.json").read_text())

@@ -19,8 +19,8 @@ import torch
 
 from align.cli import main
 from align.collate import ItemBatcher, items_from_catalogue
-from align.export import (CONFIG_NAME, _shard, export_embeddings, export_manifest, load_export_model,
-                          read_adapter_info, write_embedder_config, write_embeddings)
+from align.checkpoint import EMBEDDER_CONFIG, batcher_settings, read_adapter_info, write_embedder_config
+from align.export import _shard, export_embeddings, export_manifest, load_export_model, write_embeddings
 from lis.embeddings import MANIFEST_KEYS, catalogue_hash, load_embeddings
 from lis.errors import DataError
 
@@ -98,7 +98,7 @@ def trained(tmp_path_factory, model_dir, items):
     model.save_pretrained(best)
     embedder.save_head(best)
     processor.save_pretrained(best)
-    write_embedder_config(best, batcher, step=40)
+    write_embedder_config(best, batcher_settings(batcher), step=40)
     (run_dir / "run.json").write_text(json.dumps({"base_model": str(model_dir), "best_step": 40,
                                                   "data": {"windows": {"eval_start_unix": EVAL_START}}}))
     return embedder, batcher, best
@@ -178,7 +178,7 @@ def test_an_undecodable_image_midway_raises_a_named_error(trained, items, prefet
         export_embeddings(embedder, batcher, broken, batch_size=2, progress=False, prefetch=prefetch)
 
 
-def test_written_file_loads_with_the_manifest_of_design_section_3(trained, items, data_dir, model_dir, tmp_path):
+def test_written_file_loads_with_the_manifest_of_the_data_contract(trained, items, data_dir, model_dir, tmp_path):
     embedder, batcher, best = trained
     catalogue = pd.read_parquet(data_dir / "catalogue.parquet")
     manifest = export_manifest(str(model_dir), adapter_dir=best, step=40, catalogue=catalogue,
@@ -200,7 +200,7 @@ def test_adapter_folder_tells_step_batcher_and_trained_until(trained):
     _, batcher, best = trained
     info = read_adapter_info(best)
     assert info.step == 40
-    assert info.trained_until == EVAL_START - 1 and info.trained_until_from.endswith("run.json")
+    assert info.trained_until == EVAL_START - 1  # only run.json's windows hold it: lis_align.json has no field
     assert info.batcher["max_text_tokens"] == 8 == batcher.max_text_tokens
 
 
@@ -229,7 +229,7 @@ def test_cli_exports_the_ids_file_in_its_order_and_warns_when_training_end_is_un
     embedder, batcher, best = trained
     lone = tmp_path / "adapter"  # the adapter files without the run folder around them
     shutil.copytree(best, lone)
-    (lone / CONFIG_NAME).unlink()
+    (lone / EMBEDDER_CONFIG).unlink()
     (tmp_path / "ids.txt").write_text("# a subset\ni5\n\ni0  # first item\ni3\n")
     out = tmp_path / "subset.safetensors"
     assert main(["export", "--model", str(model_dir), "--adapter", str(lone), "--data", str(data_dir),

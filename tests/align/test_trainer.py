@@ -140,7 +140,7 @@ def _launch(data_dir, base_model, out, *extra):
     args = [f"data.data_dir={data_dir}", f"model.path={base_model}", f"training.output_dir={out}", *FAST,
             "training.max_steps=14", "training.save_steps=2", "training.eval_steps=2", "training.report_to=[]",
             "training.save_total_limit=null", *extra]
-    return subprocess.Popen([sys.executable, "-m", "align.train_main", "recipes/configs/tiny_cpu.yaml", *args],
+    return subprocess.Popen([sys.executable, "-m", "align.train", "recipes/configs/tiny_cpu.yaml", *args],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
 
@@ -232,7 +232,8 @@ def test_over_long_text_is_truncated_and_counted(data_copy, base_model, tmp_path
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(data_dir, base_model, tmp_path):
-    from align.trainer import TrainingDivergedError, adapter_is_finite
+    from align.checkpoint import adapter_is_finite
+    from align.trainer import TrainingDivergedError
 
     out = tmp_path / "out"
     with pytest.raises(TrainingDivergedError, match=r"step 5: the loss is nan.*checkpoint-4"):
@@ -249,7 +250,7 @@ def test_train_command_builds_the_accelerate_launch_line():
     cmd = launch_command("recipes/configs/tiny_cpu.yaml", ["training.max_steps=5"], "cpu_2proc", 2)
     assert cmd[1:4] == ["-m", "accelerate.commands.launch", "--config_file"]
     assert cmd[4].endswith("accelerate_configs/cpu_2proc.yaml") and cmd[5:7] == ["--num_processes", "2"]
-    assert cmd[7:] == ["-m", "align.train_main", "recipes/configs/tiny_cpu.yaml", "training.max_steps=5"]
+    assert cmd[7:] == ["-m", "align.train", "recipes/configs/tiny_cpu.yaml", "training.max_steps=5"]
 
 
 def test_train_command_reports_bad_input_in_one_line(tmp_path, capsys):
