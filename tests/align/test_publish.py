@@ -270,3 +270,72 @@ def test_hub_refusal_is_a_data_error_naming_the_repo(run_copy, hub, monkeypatch)
     with pytest.raises(DataError, match=r"someone/tiny-items: the Hub refused the upload \(HTTP 404\)"):
         # The double answers 404 to an unknown route: point it at a path prefix it does not serve.
         publish(run_copy, "someone/tiny-items", endpoint=hub.endpoint + "/nowhere")
+
+
+# ----------------------------------------------------------------------------- data.prompt, end to end
+CUSTOM_PROMPT = "Item card. {image} Description: {text} -- in one word:"
+
+
+def test_a_custom_prompt_survives_train_export_publish_and_reload(data_dir, base_model, tmp_path, hub, monkeypatch,
+                                                                  one_torch_thread):
+    """data.prompt travels: recipe -> every checkpoint -> best/ -> `lis-align export` -> the Hub folder -> reload."""
+    from align.checkpoint import EMBEDDER_CONFIG, read_adapter_info
+    from align.export import export_embeddings, load_export_model
+    from align.models.families import DEFAULT_PROMPT
+    from align.publish import load_published
+    from align.train import run_training
+    from lis.datadir import load_datadir
+    from lis.embeddings import load_embeddings
+    from tests.align.train_helpers import recipe
+
+    run = tmp_path / "run"
+    result = run_training(recipe(data_dir, base_model, run, f"data.prompt='{CUSTOM_PROMPT}'", "training.report_to=[]"))
+    saved = json.loads((run / "run.json").read_text())
+    assert saved["recipe"]["data"]["prompt"] == CUSTOM_PROMPT
+    for folder in (run / "best", run / f"checkpoint-{result['global_step']}"):
+        assert json.loads((folder / EMBEDDER_CONFIG).read_text())["batcher"]["prompt"] == CUSTOM_PROMPT, folder
+    best = load_embeddings(run / "best" / "embeddings.safetensors")
+
+    # lis-align export of best/ rebuilds the custom prompt from lis_align.json alone.
+    exported = tmp_path / "exported.safetensors"
+    assert main(["export", "--model", str(base_model), "--adapter", str(run / "best"), "--data", str(data_dir),
+                 "--out", str(exported), "--no-progress"]) == 0
+    assert cosine_rows(load_embeddings(exported).vectors, best.vectors).min() >= 0.999
+
+    # Publish (the LIS callback is off here to keep the test short: the report files are the fixture's).
+    (run / "lis_report.json").write_text(json.dumps(REPORT))
+    shutil.copyfile(_a_png(tmp_path), run / "lis_curve.png")
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    publish(run, "someone/prompted", endpoint=hub.endpoint)
+    downloaded = tmp_path / "downloaded"
+    downloaded.mkdir()
+    for name, content in hub.files("someone/prompted").items():
+        (downloaded / name).write_bytes(content)
+    assert read_adapter_info(downloaded).batcher["prompt"] == CUSTOM_PROMPT
+    assert f"prompt={CUSTOM_PROMPT!r}" in (downloaded / "README.md").read_text()
+
+    # Reloaded from what the Hub holds: the same prompt, the same embeddings; the default prompt would differ.
+    embedder, batcher = load_published(downloaded, base_model=str(base_model))
+    assert batcher.prompt == CUSTOM_PROMPT
+    from align.collate import items_from_catalogue
+
+    items = items_from_catalogue(load_datadir(data_dir))
+    reloaded = export_embeddings(embedder, batcher, items, progress=False)
+    assert reloaded.ids == best.ids and cosine_rows(reloaded.vectors, best.vectors).min() >= 0.999
+    plain, plain_batcher = load_export_model(base_model, downloaded, batcher_options={"prompt": DEFAULT_PROMPT})
+    assert cosine_rows(export_embeddings(plain, plain_batcher, items, progress=False).vectors, best.vectors).min() < 0.99
+
+
+def cosine_rows(a, b):
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def _a_png(tmp_path: Path) -> Path:
+    from PIL import Image
+
+    path = tmp_path / "curve.png"
+    Image.new("RGB", (8, 8), (0, 90, 200)).save(path)
+    return path

@@ -1,0 +1,31 @@
+"""Recipes: defaults, overrides, and one-line errors naming the file, the field and the value."""
+from __future__ import annotations
+
+import pytest
+
+from align.config import load_recipe
+from align.models.families import DEFAULT_PROMPT
+from lis.errors import ConfigError
+
+TINY = "recipes/configs/tiny_cpu.yaml"
+
+
+def test_defaults_and_dotted_overrides():
+    recipe = load_recipe(TINY, ["training.max_steps=7", "lora.r=8", "data.prompt='{image} {text} in one word:'"])
+    assert recipe.training.max_steps == 7 and recipe.lora.r == 8
+    assert recipe.data.prompt == "{image} {text} in one word:"
+    assert load_recipe(TINY).data.prompt == DEFAULT_PROMPT  # today's prompt unless a recipe says otherwise
+    assert load_recipe(TINY).to_dict()["data"]["prompt"] == DEFAULT_PROMPT  # so run.json records it
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.prompt='{text} only'", "field 'data.prompt' must contain {image} and {text}; got '{text} only'"),
+    ("data.prompt='{image} {text} {title}'", "field 'data.prompt' may hold only {image} and {text}"),
+    ("data.prompt=null", "field 'data.prompt' may not be empty"),
+    ("data.nope=1", "unknown field 'data.nope'"),
+    ("training.max_steps=0", "field 'training.max_steps' must be positive; got 0"),
+])
+def test_bad_fields_are_named_with_the_file_and_value(override, message):
+    with pytest.raises(ConfigError) as caught:
+        load_recipe(TINY, [override])
+    assert str(caught.value).startswith(f"{TINY}: ") and message in str(caught.value)
