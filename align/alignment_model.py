@@ -7,7 +7,6 @@ base VLM it starts from.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from align.checkpoint import BASE_MODEL_DIR
+from align.distributed import launch_rank
 from lis.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def resolve_base_model(recipe, out_dir: Path, catalogue_dir) -> tuple[str, str |
     family = path[len(TINY_PREFIX):]
     target = Path(out_dir) / BASE_MODEL_DIR
     if not (target / "config.json").is_file():
-        if int(os.environ.get("RANK", "0")) == 0:
+        if launch_rank() == 0:
             from align.models.tiny import build_tiny_vlm
 
             logger.info("building a tiny %s VLM in %s (tokenizer trained on the catalogue text)", family, target)

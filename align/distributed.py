@@ -68,6 +68,14 @@ def is_main_process() -> bool:
     return world_info().rank == 0
 
 
+def launch_rank() -> int:
+    """This process's global rank as the launcher set it (``RANK``; 0 when alone).
+
+    Valid before the process group exists (logging set-up, building the tiny base model once).
+    """
+    return int(os.environ.get("RANK", "0"))
+
+
 def gather_sizes(n: int, device: torch.device | str = "cpu") -> list[int]:
     """Every rank's ``n`` (e.g. its local batch size), in rank order. ``[n]`` when alone.
 

@@ -24,14 +24,28 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from align import strict_json
+from align.alignment_model import build_alignment_model, resolve_base_model
 from align.checkpoint import (BEST_DIR, EMBEDDINGS, adapter_hash, batcher_settings, replace_dir,
                               write_embedder_config, write_run)
+from align.collate import BatcherSource, PairCollator, PairDataset, batcher_for_datadir, items_from_catalogue
+from align.config import load_recipe
+from align.distributed import launch_rank
+from align.export import export_embeddings, export_manifest
+from align.item_cache import ItemCache
+from align.lis_callback import LISValidationCallback, write_lis_report
+from align.trainer import CheckpointInfo, build_trainer, resume_argument
 from align.training_data import TrainingData, pair_rows, prepare_data
+from lis.embeddings import save_embeddings
+from lis.evaluator import EvaluatorConfig, LISEvaluator
+from lis.errors import DataError
 
 # Named, not __name__: `python -m align.train` runs this module as __main__.
 logger = logging.getLogger("align.train")
@@ -66,13 +80,9 @@ def main(argv=None) -> int:
     parser.add_argument("recipe", help="recipe YAML (see recipes/configs/)")
     parser.add_argument("overrides", nargs="*", help="section.field=value overrides, e.g. training.max_steps=50")
     args = parser.parse_args(argv)
-    rank = int(os.environ.get("RANK", "0"))
+    rank = launch_rank()
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
-    from align import strict_json
-    from align.config import load_recipe
-    from lis.errors import DataError
-
     try:
         result = run_training(load_recipe(args.recipe, args.overrides))
     except DataError as error:
@@ -118,11 +128,6 @@ def run_training(recipe, callbacks=None, evaluator=None) -> dict:
 # --- 1. prepare -----------------------------------------------------------------------------
 def prepare(recipe, callbacks=None, evaluator=None) -> PreparedRun:
     """Data, model, batches, callbacks and the trainer of ``recipe`` (nothing trained yet)."""
-    from align.alignment_model import build_alignment_model, resolve_base_model
-    from align.collate import BatcherSource, PairCollator, PairDataset, batcher_for_datadir, items_from_catalogue
-    from align.item_cache import ItemCache
-    from align.trainer import CheckpointInfo, build_trainer
-
     data = prepare_data(recipe)
     anchors, positives, weights = pair_rows(data)
     logger.info("%d pairs from %s on the fit window (%d for training, %d for eval_loss), %d items",
@@ -135,7 +140,7 @@ def prepare(recipe, callbacks=None, evaluator=None) -> PreparedRun:
                                   image_size=d.image_size, prompt=d.prompt, missing_image=d.missing_image)
     items = items_from_catalogue(data.datadir)
     if d.item_cache:
-        source = ItemCache(batcher, items, progress=_is_main())
+        source = ItemCache(batcher, items, progress=launch_rank() == 0)
         truncated = source.truncated
     else:
         source = BatcherSource(batcher, items)
@@ -165,11 +170,7 @@ def make_lis_callback(recipe, data: TrainingData, source, items: list[dict], eva
     ``evaluator``: a ready ``LISEvaluator`` (the demo reuses the one that compared builders);
     otherwise rank 0 builds one at the start of training with the recipe's windows and options.
     """
-    from align.lis_callback import LISValidationCallback
-
     def factory():
-        from lis.evaluator import EvaluatorConfig, LISEvaluator
-
         options = {recipe.data.builder: dict(recipe.data.builder_options)} if recipe.data.builder_options else {}
         config = EvaluatorConfig(eval_fraction=recipe.data.eval_fraction, n_bootstrap=recipe.lis.n_bootstrap,
                                  seed=recipe.training.seed, top_k=recipe.data.top_k, builder_options=options)
@@ -185,8 +186,6 @@ def make_lis_callback(recipe, data: TrainingData, source, items: list[dict], eva
 # --- 2. fit ---------------------------------------------------------------------------------
 def fit(run: PreparedRun):
     """``Trainer.train`` (resumed as ``training.resume_from_checkpoint`` says); returns its ``TrainOutput``."""
-    from align.trainer import resume_argument
-
     return run.trainer.train(resume_from_checkpoint=resume_argument(run.recipe.training.resume_from_checkpoint))
 
 
@@ -205,9 +204,6 @@ def finalise_best(run: PreparedRun, output) -> dict:
     ``best.tmp`` first and renamed, so ``best/`` is never half-written.
     Returns ``{"best_dir", "best_step", "best_metric"}``.
     """
-    from align.export import export_embeddings, export_manifest
-    from lis.embeddings import save_embeddings
-
     trainer, data = run.trainer, run.data
     best_step = int(trainer.state.best_global_step or trainer.state.global_step)
     best_metric = _best_metrics(trainer.state, best_step)
@@ -217,8 +213,6 @@ def finalise_best(run: PreparedRun, output) -> dict:
     best_dir, tmp = run.out_dir / BEST_DIR, run.out_dir / (BEST_DIR + ".tmp")
     main = trainer.is_world_process_zero()
     if main and tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(tmp))  # a collective under ZeRO-3 (gathers the weights), writes on rank 0
@@ -235,8 +229,6 @@ def finalise_best(run: PreparedRun, output) -> dict:
         save_embeddings(tmp / EMBEDDINGS, table)
         replace_dir(tmp, best_dir)
         if run.lis_callback is not None:
-            from align.lis_callback import write_lis_report
-
             write_lis_report(run.lis_callback.final_report(table), run.out_dir)
         write_run(run.out_dir, run_record(run, output, best_step, best_metric))
     trainer.accelerator.wait_for_everyone()
@@ -275,14 +267,8 @@ def _count_truncated(batcher, items) -> int:
 
 
 def _set_cpu_threads(threads: int | None) -> None:
-    import torch
-
     if threads and not torch.cuda.is_available():
         torch.set_num_threads(int(threads))
-
-
-def _is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 if __name__ == "__main__":

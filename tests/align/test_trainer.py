@@ -259,3 +259,19 @@ def test_train_command_reports_bad_input_in_one_line(tmp_path, capsys):
     assert main(["train", str(tmp_path / "nope.yaml")]) == 2
     assert "nope.yaml: recipe file not found" in capsys.readouterr().err
     assert main(["train", "recipes/configs/tiny_cpu.yaml", "--accelerate-config", "nonsense"]) == 2
+
+
+def test_training_done_line_is_strict_json_without_live_objects(monkeypatch, capsys):
+    import align.train
+
+    result = {"best_step": 3, "best_metric": {"eval_lis_efficiency": float("nan")}, "seconds_per_step": None,
+              "trainer": object(), "lis_callback": object()}
+    monkeypatch.setattr(align.train, "run_training", lambda recipe: result)
+    assert align.train.main(["recipes/configs/tiny_cpu.yaml"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("TRAINING DONE "))
+
+    def refuse(constant):
+        raise ValueError(constant)
+
+    shown = json.loads(line[len("TRAINING DONE "):], parse_constant=refuse)
+    assert shown == {"best_step": 3, "best_metric": {"eval_lis_efficiency": None}, "seconds_per_step": None}
