@@ -1,16 +1,26 @@
 """The evaluator's command line (``python -m lis``), and the commands it lends ``lis-align``.
 
 Each command lives in its own module under ``lis/commands`` with ``register(subparsers)``;
-heavy imports happen inside the handler so ``--help`` stays instant. Bad input raises
-:class:`lis.errors.DataError`, which becomes one line on stderr and exit status 2.
+heavy imports happen inside the handler so ``--help`` stays instant.
+
+The error contract (README, "What we guarantee"): bad input -- a :class:`lis.errors.DataError`,
+an argparse error, a file the system refuses (``OSError`` naming it) -- is ONE line on stderr
+and exit status 2. Any other exception is a bug in lis-align: one "internal error ... please
+report" line and exit status 1. ``--debug`` (anywhere before a lone ``--``) adds the
+traceback to either. Ctrl-C is exit status 130.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+import traceback
 
-from lis.errors import DataError
+from lis.errors import DataError, one_line
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 1
+EXIT_INTERRUPTED = 130
 
 LIS_COMMANDS = (
     "lis.commands.synth",
@@ -30,8 +40,19 @@ def add_commands(subparsers, modules=LIS_COMMANDS) -> None:
         importlib.import_module(name).register(subparsers)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block): ``prog: error: MESSAGE (see --help)``.
+
+    Subcommand parsers are made of the same class, so every level answers alike."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser(modules=LIS_COMMANDS, prog: str = "lis-align") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    parser = OneLineParser(prog=prog, description=DESCRIPTION)
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of an error (for bug reports); also accepted after the command")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     add_commands(subparsers, modules)
@@ -39,17 +60,49 @@ def build_parser(modules=LIS_COMMANDS, prog: str = "lis-align") -> argparse.Argu
 
 
 def run(parser: argparse.ArgumentParser, argv=None) -> int:
-    """Parse ``argv``, run the chosen handler, map bad input to exit status 2."""
+    """Parse ``argv``, run the chosen handler, map every failure to one line and an exit status.
+
+    Bad input (DataError, or an OSError about a named file) -> 2; interrupted -> 130; any other
+    exception is a bug -> 1 with a "please report" line. ``--debug`` adds the traceback.
+    """
+    argv, debug = split_debug(sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)
+    debug = debug or args.debug
     try:
         result = args.handler(args)
     except DataError as error:
-        print(f"{parser.prog}: {error}", file=sys.stderr)
-        return 2
+        return _fail(parser.prog, one_line(str(error)), EXIT_BAD_INPUT, debug)
     except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
-        return 130
+        return _fail(parser.prog, "interrupted", EXIT_INTERRUPTED, debug)
+    except OSError as error:
+        if error.filename is None:  # no file to name: not something the user can fix by a flag
+            return _internal(parser.prog, error, debug)
+        return _fail(parser.prog, one_line(f"{error.filename}: {error.strerror or type(error).__name__}"),
+                     EXIT_BAD_INPUT, debug)
+    except Exception as error:  # a bug: short line, traceback only on request
+        return _internal(parser.prog, error, debug)
     return int(result or 0)
+
+
+def split_debug(argv: list[str]) -> tuple[list[str], bool]:
+    """``argv`` without ``--debug`` (accepted anywhere before a lone ``--``) and whether it was there."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    kept = [a for a in argv[:end] if a != "--debug"] + argv[end:]
+    return kept, len(kept) != len(argv)
+
+
+def _fail(prog: str, message: str, status: int, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    print(f"{prog}: {message}", file=sys.stderr, flush=True)
+    return status
+
+
+def _internal(prog: str, error: BaseException, debug: bool) -> int:
+    hint = "" if debug else "; rerun with --debug for the traceback"
+    message = one_line(f"internal error ({type(error).__name__}: {error}); this is a bug in lis-align, "
+                       f"please report it with the command line{hint}")
+    return _fail(prog, message, EXIT_INTERNAL, debug)
 
 
 def main(argv=None) -> int:
