@@ -38,7 +38,8 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from lis.embeddings import EmbeddingTable  # noqa: E402
-from lis.features import HistoryIndex, pool_windows  # noqa: E402
+from lis.features import HistoryIndex  # noqa: E402
+from lis.pooling import pool_windows  # noqa: E402
 from lis.metrics import auc, gauc, user_resamples  # noqa: E402
 from lis.probe import probe_gain  # noqa: E402
 from lis.threads import one_torch_thread  # noqa: E402

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -54,7 +55,22 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
-    write_text(path, json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n")
+    """Strict JSON: NaN and infinities become ``null`` (JSON has no NaN), numpy values plain numbers."""
+    text = json.dumps(strict_json(obj), indent=indent, sort_keys=False, allow_nan=False, default=_json_default)
+    write_text(path, text + "\n")
+
+
+def strict_json(obj):
+    """``obj`` with every non-finite float (NaN, inf) replaced by None, recursively."""
+    if isinstance(obj, dict):
+        return {key: strict_json(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(value) for value in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):     # numpy arrays and scalars
+        return strict_json(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def _json_default(value):

@@ -3,9 +3,12 @@
 One file holds the tensor ``embeddings`` (float32, n x d); the item ids and the manifest are
 stored in the file's header metadata (``ids``, ``manifest``, both JSON), so a table can never
 be separated from its ids. Manifest keys: ``model``, ``adapter_hash``, ``step``, ``dim``,
-``catalogue_hash``, ``source`` and ``trained_until`` (the latest log timestamp any training
-data of the table came from; ``None`` when it saw no log data). AIS refuses a table whose
-``trained_until`` reaches into the evaluation window.
+``catalogue_hash``, ``source``, ``trained_until`` (the latest log timestamp any training
+data of the table came from; ``None`` when it saw no log data), ``builder`` and
+``builder_options`` (the preference-data builder whose pairs trained the table, and its
+options as passed to :func:`lis.builders.build_pairs`; ``None`` when unknown). AIS refuses a
+table whose ``trained_until`` reaches into the evaluation window; eta is computed against the
+LIS of ``builder`` with ``builder_options`` (docs/science.md, "eta").
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ import numpy as np
 from lis.atomic import write_bytes
 from lis.errors import DataError, describe_value
 
-MANIFEST_KEYS = ("model", "adapter_hash", "step", "dim", "catalogue_hash", "source", "trained_until")
+MANIFEST_KEYS = ("model", "adapter_hash", "step", "dim", "catalogue_hash", "source", "trained_until", "builder",
+                 "builder_options")
 
 
 @dataclass
@@ -78,10 +82,32 @@ def validate_table(table: EmbeddingTable, name: str) -> EmbeddingTable:
         if item in seen:
             raise DataError(f"{name}: field 'ids' must be unique; {item!r} appears at rows {seen[item]} and {row}.")
         seen[item] = row
+    _check_provenance(table.manifest, name)
     declared = table.manifest.get("dim")
     if declared is not None and int(declared) != vectors.shape[1]:
         raise DataError(f"{name}: manifest field 'dim' says {declared} but tensor 'embeddings' has {vectors.shape[1]} columns.")
     return table
+
+
+def _check_provenance(manifest: dict, name: str) -> None:
+    """``builder`` is a known builder name (or None); ``builder_options`` a dict of its options."""
+    from lis.builders import BUILDERS, builder_options
+
+    builder, options = manifest.get("builder"), manifest.get("builder_options")
+    if builder is None:
+        if options:
+            raise DataError(f"{name}: manifest field 'builder_options' is set ({options!r}) but 'builder' is not.")
+        return
+    if builder not in BUILDERS:
+        raise DataError(f"{name}: manifest field 'builder' must be one of {', '.join(BUILDERS)}; got {builder!r}.")
+    if options is None:
+        return
+    if not isinstance(options, dict):
+        raise DataError(f"{name}: manifest field 'builder_options' must be a JSON object; got {options!r}.")
+    unknown = sorted(set(options) - set(builder_options(builder)))
+    if unknown:
+        raise DataError(f"{name}: manifest field 'builder_options' has {unknown[0]!r}, which builder '{builder}' "
+                        f"does not take (its options: {', '.join(builder_options(builder)) or 'none'}).")
 
 
 def save_embeddings(path: str | os.PathLike, table: EmbeddingTable) -> None:

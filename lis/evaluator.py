@@ -7,30 +7,20 @@ resamples of users. Scoring one more table (:meth:`LISEvaluator.score_table`) th
 pass of similarity features, two small logistic fits and the bootstrap — which is what the
 training callback calls at every evaluation step.
 
-Definitions (DESIGN section 1):
+Definitions (docs/science.md, which this module implements):
 
-* ``Gain(E)`` = metric(probe on [base_logit, controls, phi(E)]) - metric(probe on
-  [base_logit, controls]), probe fitted on probe-fit, scored on probe-test; AUC and GAUC, with
-  a paired bootstrap 95% interval over users.
-* ``AIS(E)`` = Gain(E) for a table trained on pre-evaluation data only. A table whose manifest
-  says ``trained_until >= eval_start`` is refused (:class:`DataError`).
-* ``LIS(builder)`` = Gain(E*) of the leaked oracle: pairs built by the builder from the fit
-  window *plus the evaluation window*, cross-fitted over ``folds`` user folds (the oracle used
-  for the users of one fold saw only the evaluation-window behaviour of the other folds).
-  ``lis_mode='embedding'`` (default) fits a free table of ``oracle_dim`` to those pairs with
-  the contrastive loss (:mod:`lis.oracle`); ``lis_mode='pairs'`` looks the pair weights up
-  directly (fast, no training).
-* ``eta`` = AIS / LIS (AUC gains), reported only when the LIS interval lies above 0.
+* ``Gain(E)``: metric(probe with phi(E)) - metric(probe without), paired bootstrap over users;
+  AUC from global probes, GAUC from within-user probes (:func:`lis.probe.probe_gain`).
+* ``AIS(E)`` = Gain(E) of a table trained before the evaluation window (a manifest whose
+  ``trained_until`` reaches into it is refused); ``LIS(builder)`` = Gain(E*) of the leaked,
+  cross-fitted oracle of the builder's pairs (embedding mode: :mod:`lis.oracle`; pairs mode:
+  pair weights looked up).
+* ``eta`` = AIS / LIS against the table's own ceiling (:meth:`LISEvaluator.ceiling`).
 
-``mode='full'`` replaces the probe by retraining the ID ranker on the fit window with the
-controls and phi as dense inputs (slower; the cross-check that both modes order tables alike):
-Gain = metric(ranker fitted with [controls, phi]) - metric(ranker fitted with [controls]), both
-scored on probe-test (the probe-fit half is not used). For LIS in full mode the fit-window
-features of a user come from the oracle of that user's fold, as on the evaluation window.
-Full mode needs the built-in ranker (a ``base_logit`` column cannot be retrained).
-
-Limits: one evaluation window; histories come from the same log; segments are computed from
-the probe scores of the whole probe-test half (no refit per segment).
+``mode='full'`` retrains the ID ranker with the features instead (:mod:`lis.full_mode`). A log
+too small for a bootstrap over users is refused at construction
+(:func:`lis.bootstrap.check_bootstrap_users`). Limits: one evaluation window; histories come
+from the same log; segments reuse the probe-test scores (:mod:`lis.segments`).
 """
 from __future__ import annotations
 
@@ -42,12 +32,15 @@ import pandas as pd
 from lis.builders import BUILDERS, build_pairs, builder_options
 from lis.embeddings import EmbeddingTable
 from lis.errors import ConfigError, DataError
-from lis.features import CONTROL_NAMES, HistoryIndex
-from lis.metrics import auc, gauc, paired_bootstrap, user_resamples
-from lis.oracle import fit_pair_embeddings
+from lis.features import HistoryIndex
+from lis.full_mode import FullMode
+from lis.bootstrap import check_bootstrap_users, paired_bootstrap, user_resamples
+from lis.metrics import auc, gauc
+from lis.oracle import fit_pair_embeddings, pair_matrix
 from lis.probe import probe_gain
 from lis.rankers import IdCtrRanker, column_logits
-from lis.verdict import verdict
+from lis.segments import segment_gains, segment_masks
+from lis.verdict import ceiling_for, has_headroom, relation, verdict
 from lis.windows import split_windows
 
 
@@ -111,6 +104,8 @@ class LISEvaluator:
         t = self.eval_log["timestamp"].to_numpy()
         self.is_test = t >= self.windows.probe_split
         self.is_fit = ~self.is_test
+        check_bootstrap_users(self.users[self.is_test], self.labels[self.is_test],
+                              f"{name}: the probe-test half of the evaluation window")
         self.ranker = None
         if self.config.ranker == "column":
             self.base_logit = column_logits(self.eval_log, name)
@@ -121,8 +116,7 @@ class LISEvaluator:
         self.fold_of_user = self._assign_folds()
         self.fold = self.fold_of_user.reindex(self.users).to_numpy()
         self._lis_cache: dict = {}
-        self._full = None
-        self._full_baselines: dict = {}
+        self._full: FullMode | None = None
 
     # ------------------------------------------------------------------ basics
     def _assign_folds(self) -> pd.Series:
@@ -140,7 +134,7 @@ class LISEvaluator:
         base = np.column_stack([self.base_logit, controls])
         fit, test = self.is_fit, self.is_test
         return probe_gain(base[fit], base[test], phi[fit], phi[test], self.labels[fit], self.labels[test],
-                          self.users[test], bootstrap=self.resamples, return_scores=return_scores)
+                          self.users[test], self.users[fit], bootstrap=self.resamples, return_scores=return_scores)
 
     # ------------------------------------------------------------------ AIS
     def check_table(self, table: EmbeddingTable, name: str) -> None:
@@ -252,26 +246,10 @@ class LISEvaluator:
             if isinstance(oracle, EmbeddingTable):
                 phi[mask], controls[mask] = sub.features(oracle), sub.controls(oracle)
             else:
-                weights, present = self._pair_matrix(oracle, index)
+                weights, present = pair_matrix(oracle, index)
                 phi[mask] = sub.pair_features(weights)
                 controls[mask] = sub.controls(present=present)
         return phi, controls
-
-    def _pair_matrix(self, pairs: pd.DataFrame, index: HistoryIndex | None = None):
-        import scipy.sparse as sp
-
-        index = self.index if index is None else index
-        lookup = pd.Index(index.item_ids)
-        a = lookup.get_indexer(pairs["anchor_id"].astype(str))
-        p = lookup.get_indexer(pairs["positive_id"].astype(str))
-        keep = (a >= 0) & (p >= 0)
-        w = pairs["weight"].to_numpy(dtype=np.float64)[keep]
-        w = w / w.max() if len(w) else w  # scale-free: the probe standardises, the attention tau does not
-        n = len(lookup)
-        matrix = sp.coo_matrix((w, (a[keep], p[keep])), shape=(n, n)).tocsr()
-        matrix = matrix.maximum(matrix.T)  # candidate->history and history->candidate alike
-        present = index.present_items(np.unique(np.concatenate([pairs["anchor_id"], pairs["positive_id"]]).astype(str)))
-        return matrix, present
 
     def lis(self, builder: str, transform=None, cache: bool = True, return_scores: bool = False,
             **options) -> dict:
@@ -296,9 +274,9 @@ class LISEvaluator:
         oracles, counts = self.oracle_tables(builder, transform=transform, **options)
         phi, controls = self.oracle_features(oracles)
         if self.config.mode == "full":
-            full = self._full_mode()
-            phi_fit, controls_fit = self.oracle_features(oracles, full["index"], full["fold"])
-            out = self._full_gain(np.hstack([controls_fit, phi_fit]), np.hstack([controls, phi]), True)
+            full = self.full_mode()
+            phi_fit, controls_fit = self.oracle_features(oracles, full.index, full.fold)
+            out = full.gain(np.hstack([controls_fit, phi_fit]), np.hstack([controls, phi]), True)
         else:
             out = self._gain(phi, controls, return_scores=True)
             out["mode"] = "probe"
@@ -325,113 +303,68 @@ class LISEvaluator:
                                    seed=self.config.seed, trained_until=self.windows.eval_start - 1,
                                    source=f"past:{builder}")
 
-    # ------------------------------------------------------------------ efficiency, segments
+    # ------------------------------------------------------------------ efficiency, ceilings, segments
     @staticmethod
     def efficiency(ais: dict, lis: dict) -> float | None:
         """eta = AIS / LIS on AUC gain; None when the LIS interval does not lie above 0."""
-        if lis["auc_gain_ci"][0] <= 0.0 or lis["auc_gain"] <= 0.0:
-            return None
-        return float(ais["auc_gain"] / lis["auc_gain"])
+        return float(ais["auc_gain"] / lis["auc_gain"]) if has_headroom(lis) else None
 
-    def segment_masks(self) -> dict[str, np.ndarray]:
-        """Boolean masks over probe-test impressions: cold/warm items, category, popularity terciles."""
-        test_log = self.eval_log.loc[self.is_test]
-        items = test_log["item_id"].astype(str)
-        masks = {}
-        fit_items = set(self.fit_log["item_id"].astype(str))
-        cold = ~items.isin(fit_items).to_numpy()
-        masks["cold_items"], masks["warm_items"] = cold, ~cold
-        counts = self.fit_log["item_id"].astype(str).value_counts()
-        popularity = counts.reindex(items).fillna(0).to_numpy()
-        cuts = np.quantile(popularity, [1 / 3, 2 / 3])
-        tercile = np.searchsorted(cuts, popularity, side="right")
-        for level, label in enumerate(("popularity_low", "popularity_mid", "popularity_high")):
-            masks[label] = tercile == level
-        if self.catalogue is not None and "category" in self.catalogue.columns:
-            category = self.catalogue.set_index(self.catalogue["item_id"].astype(str))["category"]
-            values = category.reindex(items).astype(str).to_numpy()
-            for name in sorted(pd.unique(values))[:20]:
-                masks[f"category={name}"] = values == name
-        return masks
-
-    def segments_from_scores(self, scores_with: np.ndarray, scores_without: np.ndarray) -> dict:
-        """Gains per segment from one pair of probe-test score vectors (no refit)."""
-        y, users = self.labels[self.is_test], self.users[self.is_test]
-        out = {}
-        for name, mask in self.segment_masks().items():
-            n, pos = int(mask.sum()), int(y[mask].sum())
-            if n == 0 or pos == 0 or pos == n:
-                out[name] = {"n": n, "auc_gain": None, "auc_gain_ci": None,
-                             "note": "segment needs both labels" if n else "empty segment"}
-                continue
-            stats = paired_bootstrap(y[mask], scores_with[mask], scores_without[mask], users=users[mask],
-                                     n_resamples=self.config.n_bootstrap, seed=self.config.seed, metrics=("auc",))
-            out[name] = {"n": n, "auc_gain": stats["auc"]["gain"], "auc_gain_ci": stats["auc"]["gain_ci"]}
+    def ceiling(self, table: EmbeddingTable, ais: dict, lis: dict) -> dict:
+        """The table's own ceiling: the builder (+ options) of its manifest, else the best builder
+        of ``lis`` (builder -> scores); its LIS (computed here with the manifest's options when
+        they are not those of ``lis``), eta with the AIS interval divided by it, and the relation
+        ``within`` / ``exceeds`` / ``no_ceiling`` (:func:`lis.verdict.relation`)."""
+        builder, source = ceiling_for(table.manifest, lis)
+        out = {"builder": builder, "source": source, "options": None, "lis": None, "eta": None, "eta_ci": None,
+               "relation": "no_ceiling"}
+        if builder is None:
+            return out
+        options = table.manifest.get("builder_options") if source == "manifest" else None
+        if options or builder not in lis:
+            scores = _public(self.lis(builder, **(options or {})))
+        else:
+            scores = lis[builder]
+        out.update(options=options or None, lis=scores, relation=relation(ais, scores))
+        if out["relation"] == "within":
+            out["eta"] = self.efficiency(ais, scores)
+            out["eta_ci"] = [ais["auc_gain_ci"][0] / scores["auc_gain"], ais["auc_gain_ci"][1] / scores["auc_gain"]]
         return out
 
-    # ------------------------------------------------------------------ full mode
-    def score_table_full(self, table: EmbeddingTable, name: str = "table", return_scores: bool = False) -> dict:
-        """AIS in full mode: retrain the ranker on the fit window with [controls, phi] as inputs.
+    def segment_masks(self) -> dict[str, np.ndarray]:
+        """Boolean masks over probe-test impressions (:func:`lis.segments.segment_masks`)."""
+        return segment_masks(self.eval_log.loc[self.is_test], self.fit_log, self.catalogue)
 
-        Costs two ranker fits per table (one when the table's controls match an earlier
-        table's: the controls-only baseline is cached), i.e. seconds on 100k impressions.
-        """
+    def segments_from_scores(self, scores_with: np.ndarray, scores_without: np.ndarray) -> dict:
+        """AUC gains per segment from one pair of probe-test score vectors (no refit); ``n/a`` for
+        segments too small for an interval (:mod:`lis.segments`)."""
+        test = self.is_test
+        return segment_gains(self.segment_masks(), self.labels[test], self.users[test], scores_with, scores_without,
+                             self.config.n_bootstrap, self.config.seed)
+
+    # ------------------------------------------------------------------ full mode
+    def full_mode(self) -> FullMode:
+        """Fit-window index, rows, folds and cached baselines of full mode (built on first use)."""
+        if self._full is None:
+            self._full = FullMode(self)
+        return self._full
+
+    def score_table_full(self, table: EmbeddingTable, name: str = "table", return_scores: bool = False) -> dict:
+        """AIS in full mode: retrain the ranker on the fit window with [controls, phi] as inputs
+        (two ranker fits per table, one when the controls-only baseline is cached)."""
         self.check_table(table, name)
         present = self.index.present_items(table.ids)
         self.check_overlap(table, name, present)
-        full = self._full_mode()
-        dense_fit = np.hstack([full["index"].controls(table), full["index"].features(table)])
+        full = self.full_mode()
         phi, controls = self.table_features(table, present)
-        out = self._full_gain(dense_fit, np.hstack([controls, phi]), return_scores)
+        out = full.gain(full.table_columns(table), np.hstack([controls, phi]), return_scores)
         out["coverage"] = self.coverage(table, present)
-        return out
-
-    def _full_mode(self) -> dict:
-        """Fit-window history index, rows and folds (built on first use: probe mode never needs them)."""
-        if self._full is None:
-            fit_mask = self.windows.mask(self.log, "fit")
-            index = HistoryIndex.build(self.log, fit_mask, max_len=self.config.history_len, name=self.name)
-            log = self.log.iloc[index.rows].reset_index(drop=True)
-            fold = self.fold_of_user.reindex(log["user_id"].astype(str)).to_numpy()
-            self._full = {"index": index, "log": log, "fold": fold}
-        return self._full
-
-    def _full_ranker(self, dense_fit: np.ndarray) -> IdCtrRanker:
-        return IdCtrRanker.fit(self._full_mode()["log"], dim=self.config.ranker_dim, seed=self.config.seed,
-                               dense=dense_fit, name=self.name)
-
-    def _full_baseline(self, controls_fit: np.ndarray) -> IdCtrRanker:
-        """The controls-only ranker, cached by the controls' bytes (equal for equal coverage)."""
-        import hashlib
-
-        key = hashlib.sha1(np.ascontiguousarray(controls_fit).tobytes()).hexdigest()
-        if key not in self._full_baselines:
-            self._full_baselines[key] = self._full_ranker(controls_fit)
-        return self._full_baselines[key]
-
-    def _full_gain(self, dense_fit: np.ndarray, dense_eval: np.ndarray, return_scores: bool = False) -> dict:
-        """Gain of the ranker fitted with all dense columns over the one fitted with the controls
-        (the first ``len(CONTROL_NAMES)`` columns), both scored on probe-test; same keys as the probe."""
-        n_controls = len(CONTROL_NAMES)
-        test = self.is_test
-        rows = self.eval_log.loc[test]
-        without = self._full_baseline(dense_fit[:, :n_controls])
-        scores_without = without.predict_logits(rows, dense=dense_eval[test, :n_controls])
-        scores_with = self._full_ranker(dense_fit).predict_logits(rows, dense=dense_eval[test])
-        stats = paired_bootstrap(self.labels[test], scores_with, scores_without, resamples=self.resamples)
-        out = {"n_fit": int(len(dense_fit)), "n_test": int(test.sum()), "n_resamples": len(self.resamples),
-               "level": 0.95, "mode": "full"}
-        for metric, values in stats.items():
-            for key in ("with", "without", "gain", "gain_ci", "gain_se"):
-                out[f"{metric}_{key}"] = values[key]
-        if return_scores:
-            out["scores_with"], out["scores_without"] = scores_with, scores_without
         return out
 
     # ------------------------------------------------------------------ the report
     def report(self, tables: dict[str, EmbeddingTable] | None = None, builders=("co_engagement",),
                with_segments: bool = True, progress=None) -> dict:
-        """Everything ``report.json`` holds (see README): base, windows, lis, ais, efficiency, verdict, segments."""
+        """Everything ``report.json`` holds (see README): base, windows, lis, ais (each table with its
+        own ``ceiling``), the table x builder ``efficiency`` matrix, verdict, segments."""
         tables = tables or {}
         out = {"base": self.base(), "windows": self.windows.to_dict(), "config": asdict(self.config),
                "lis": {}, "ais": {}, "efficiency": {}, "segments": {}}
@@ -440,15 +373,18 @@ class LISEvaluator:
             out["lis"][builder] = _public(scores)
             if progress:
                 progress(f"LIS {builder}: AUC gain {scores['auc_gain']:+.4f}")
+        ceilings = {}
         for name, table in tables.items():
             scores = self.score_table(table, name, return_scores=with_segments)
             if with_segments:
-                out["segments"][name] = self.segments_from_scores(scores.pop("scores_with"), scores.pop("scores_without"))
-            out["ais"][name] = _public(scores) | {"coverage": scores["coverage"]}
+                out["segments"][name] = self.segments_from_scores(scores["scores_with"], scores["scores_without"])
+            public = _public(scores) | {"coverage": scores["coverage"]}
+            ceilings[name] = self.ceiling(table, public, out["lis"])
+            out["ais"][name] = public | {"ceiling": ceilings[name]}
             out["efficiency"][name] = {b: self.efficiency(scores, out["lis"][b]) for b in out["lis"]}
             if progress:
                 progress(f"AIS {name}: AUC gain {scores['auc_gain']:+.4f}")
-        out["verdict"] = verdict(out["lis"], out["efficiency"])
+        out["verdict"] = verdict(out["lis"], ceilings, out["ais"])
         return out
 
 

@@ -19,7 +19,7 @@ a history-missing flag (no usable history item) and a candidate-missing flag.
 (candidate, history item) is a sparse pair weight ``weights[candidate, history_item]`` (0 for
 pairs not stored) instead of a cosine; pooling is the same code.
 
-How it is fast (DESIGN section 5): nothing per impression is gathered. Each user's target
+How it is fast (docs/science.md section 12, "Performance"): nothing per impression is gathered. Each user's target
 impressions are cut into *blocks* of up to ``block_rows`` consecutive impressions; a block's
 windows are contiguous ranges of the user's engaged sequence, so the block needs one matrix
 product between its candidate vectors and one *span* of that sequence, and a range mask picks
@@ -43,11 +43,11 @@ import pandas as pd
 import torch
 
 from lis.errors import DataError
+from lis.pooling import DEFAULT_TAU, pair_block_sims, pool_windows
 from lis.threads import one_torch_thread
 
 FEATURE_NAMES = ("sim_max", "sim_mean", "sim_attention")
 CONTROL_NAMES = ("log1p_history_length", "history_missing", "candidate_missing")
-DEFAULT_TAU = 0.1
 # Row counts a block is padded to; finer than powers of two so small users waste little.
 _ROW_LADDER = np.array([1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64])
 # Elements (rows x span) per batch: big enough to amortise Python, small enough to stay in cache.
@@ -252,7 +252,7 @@ class HistoryIndex:
         data = csr.data / np.float32(tau)          # sim / tau, as the pooling expects
 
         def pair(batch: _Batch) -> torch.Tensor:
-            return torch.from_numpy(_pair_block_sims(item_pos[batch.cand.numpy()], item_pos[batch.span.numpy()],
+            return torch.from_numpy(pair_block_sims(item_pos[batch.cand.numpy()], item_pos[batch.span.numpy()],
                                                      indptr, indices, data, n_w + 1))
 
         return self._pooled(pair, present, tau)
@@ -333,28 +333,6 @@ class HistoryIndex:
         return result
 
 
-def pool_windows(scaled: torch.Tensor, valid: torch.Tensor, tau: float = DEFAULT_TAU) -> torch.Tensor:
-    """Pool similarities over the last axis where ``valid``: (..., W) -> (..., 3) max, mean, attention.
-
-    ``scaled`` holds similarity / tau (callers fold 1/tau into the candidate vectors or the pair
-    weights, saving a pass). Attention = sum softmax(sim / tau) * sim over the valid entries,
-    max-subtracted so large pair weights cannot overflow. Rows with no valid entry pool to zeros.
-    Written as few full passes over the (..., W) tensor as possible: this is the hot loop.
-    """
-    masked = scaled.masked_fill(~valid, float("-inf"))
-    top = masked.amax(dim=-1)
-    weights_valid = valid.to(scaled.dtype)
-    count = weights_valid.sum(dim=-1)
-    empty = count == 0
-    top.masked_fill_(empty, 0.0)
-    weights = masked.sub_(top[..., None]).exp_()                # exp(-inf) = 0 outside the window
-    total = weights.sum(dim=-1).masked_fill_(empty, 1.0)
-    attention = torch.linalg.vecdot(weights, scaled) / total
-    mean = torch.linalg.vecdot(scaled, weights_valid) / count.clamp(min=1.0)
-    pooled = torch.stack((top, mean, attention), dim=-1).mul_(tau)
-    return pooled.masked_fill_(empty[..., None], 0.0)
-
-
 def similarity_features(index: HistoryIndex, table, tau: float = DEFAULT_TAU) -> np.ndarray:
     """Features then controls side by side: (n_targets, 6) float32 (``FEATURE_NAMES + CONTROL_NAMES``)."""
     return np.concatenate((index.features(table, tau), index.controls(table)), axis=1)
@@ -408,37 +386,3 @@ def _initial_blocks(sorted_user: np.ndarray, block_rows: int) -> tuple[np.ndarra
 def _table_rows(table, item_ids: np.ndarray) -> np.ndarray:
     """Row of each index item in ``table`` (-1 where the table lacks it)."""
     return pd.Index(np.asarray(table.ids, dtype=str)).get_indexer(item_ids.astype(str)).astype(np.int64)
-
-
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenated ranges [s, s+len): (owner index of each element, element value)."""
-    owner = np.repeat(np.arange(len(starts)), lengths)
-    offset = np.arange(len(owner)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return owner, starts[owner] + offset
-
-
-def _pair_block_sims(cand, span, indptr, indices, data, stride) -> np.ndarray:
-    """Dense (nb, R, W) pair weights weights[cand[b, r], span[b, c]] by a sparse join.
-
-    Joins each candidate's stored pairs with the items of its block's span on the key
-    (block, item): work is proportional to the stored pairs touched, not to R x W lookups.
-    Codes are positions in the weight matrix, -1 for missing items.
-    """
-    nb, R = cand.shape
-    W = span.shape[1]
-    sims = np.zeros((nb, R, W), dtype=np.float32)
-    sb, sc = np.nonzero(span >= 0)
-    span_key = sb * stride + span[sb, sc]
-    order = np.argsort(span_key, kind="stable")
-    span_key, sc, sb = span_key[order], sc[order], sb[order]
-    qb, qr = np.nonzero(cand >= 0)
-    a = cand[qb, qr]
-    owner, nz = _ranges(indptr[a], indptr[a + 1] - indptr[a])
-    if len(nz) == 0 or len(span_key) == 0:
-        return sims
-    key = qb[owner] * stride + indices[nz]
-    lo = np.searchsorted(span_key, key, "left")
-    hits = np.searchsorted(span_key, key, "right") - lo
-    match, at = _ranges(lo, hits)                       # an item may occur several times in a span
-    sims[qb[owner[match]], qr[owner[match]], sc[at]] = data[nz[match]]
-    return sims

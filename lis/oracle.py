@@ -89,3 +89,22 @@ def symmetric_info_nce(anchor, positive, anchor_codes, positive_codes, logit_sca
     return 0.5 * (
         torch.nn.functional.cross_entropy(logits, target) + torch.nn.functional.cross_entropy(logits.T, target)
     )
+
+
+def pair_matrix(pairs: pd.DataFrame, index):
+    """The LIS oracle's pairs mode: a symmetric sparse (n x n) matrix of pair weights over the
+    items of a :class:`lis.features.HistoryIndex` (max weight 1), and the mask of items that
+    occur in any pair (the others count as missing, like items absent from a table)."""
+    import scipy.sparse as sp
+
+    lookup = pd.Index(index.item_ids)
+    a = lookup.get_indexer(pairs["anchor_id"].astype(str))
+    p = lookup.get_indexer(pairs["positive_id"].astype(str))
+    keep = (a >= 0) & (p >= 0)
+    w = pairs["weight"].to_numpy(dtype=np.float64)[keep]
+    w = w / w.max() if len(w) else w  # scale-free: the probe standardises, the attention tau does not
+    n = len(lookup)
+    matrix = sp.coo_matrix((w, (a[keep], p[keep])), shape=(n, n)).tocsr()
+    matrix = matrix.maximum(matrix.T)  # candidate->history and history->candidate alike
+    present = index.present_items(np.unique(np.concatenate([pairs["anchor_id"], pairs["positive_id"]]).astype(str)))
+    return matrix, present

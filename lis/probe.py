@@ -2,7 +2,10 @@
 
 The probe is fitted on the probe-fit rows and scored on the probe-test rows. The baseline
 probe sees [base_logit, controls] only, so Gain(E) = metric(with phi) - metric(without phi)
-is due to the similarity features alone (DESIGN section 1).
+is due to the similarity features alone (docs/science.md section 5). The AUC gain compares
+global probes; the GAUC gain compares *within-user* probes, fitted on the same columns centred
+within each user (:func:`within_user`), because only within-user variation can move a
+user-averaged AUC (section 5 gives the measurement behind this choice).
 
 The fit is a deterministic Newton (IRLS) solver in float64 on standardised features with a
 tiny L2 penalty on the slopes (not the intercept), so separable data still converges; a
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lis.errors import DataError
-from lis.metrics import UserResamples, paired_bootstrap, user_resamples
+from lis.bootstrap import UserResamples, paired_bootstrap, user_resamples
 
 
 @dataclass(frozen=True)
@@ -260,7 +263,34 @@ def _folded_scores(beta: np.ndarray, mean: np.ndarray, scale: np.ndarray, *block
     return out
 
 
-def probe_gain(base_fit, base_test, phi_fit, phi_test, y_fit, y_test, users_test,
+def within_user(XT: np.ndarray, users) -> np.ndarray:
+    """``XT`` (p x n) with every row centred within each user (the within transformation of a
+    fixed-effects model): what is left of a column is how it varies *inside* a user's rows."""
+    import pandas as pd
+
+    codes, uniques = pd.factorize(np.asarray(users))
+    counts = np.bincount(codes, minlength=len(uniques)).astype(np.float64)
+    out = np.empty_like(XT)
+    for j, row in enumerate(XT):
+        means = np.bincount(codes, weights=row, minlength=len(uniques)) / counts
+        np.subtract(row, means[codes], out=out[j])
+        # A column constant within every user leaves rounding residue (~1e-16 of its scale), which
+        # standardising would blow up into a noise column: clear it, so its slope is exactly 0.
+        scale = np.abs(row).max(initial=0.0)
+        out[j][np.abs(out[j]) <= 1e-12 * scale] = 0.0
+    return out
+
+
+def _paired_fits(XT: np.ndarray, y: np.ndarray, k: int, l2: float) -> tuple[np.ndarray, np.ndarray]:
+    """Optima of the baseline probe (first ``k`` rows of ``XT``) and of the full one, the latter
+    warm-started from the former with zero phi slopes (the same logits, so fewer Newton steps)."""
+    beta_without, _ = _fit_standardized(XT[:k], y, l2)
+    start = np.concatenate((beta_without, np.zeros(XT.shape[0] - k)))
+    beta_with, _ = _fit_standardized(XT, y, l2, beta=start)
+    return beta_without, beta_with
+
+
+def probe_gain(base_fit, base_test, phi_fit, phi_test, y_fit, y_test, users_test, users_fit,
                bootstrap: UserResamples | None = None, n_resamples: int = 200, seed: int = 0,
                level: float = 0.95, weighting: str = "users", l2: float = 1e-6,
                return_scores: bool = False) -> dict:
@@ -268,13 +298,22 @@ def probe_gain(base_fit, base_test, phi_fit, phi_test, y_fit, y_test, users_test
 
     ``base_*`` are the baseline columns ([base_logit, controls]; 1-D or n x k), ``phi_*`` the
     similarity features (n x m). Both probes are fitted on the fit rows and scored on the test
-    rows. ``bootstrap`` is a :class:`~lis.metrics.UserResamples` drawn for ``users_test`` (pass
+    rows. ``bootstrap`` is a :class:`~lis.bootstrap.UserResamples` drawn for ``users_test`` (pass
     the same object for every table so all tables see the same resamples); when None it is
     drawn with ``n_resamples`` and ``seed``.
 
+    Two pairs of probes (docs/science.md, "GAUC gain"): the AUC gain compares *global* probes
+    fitted on the columns as they are; the GAUC gain compares *within-user* probes fitted on the
+    same columns centred within each user of ``users_fit``, so their slopes are learned from
+    how a column varies inside a user's impressions: the only variation a user-averaged AUC can
+    see. (A global probe's control slopes fit between-user effects that reorder impressions
+    within a user; noise features then partly undo that, a spurious GAUC gain.)
+
     Returns a flat dict: ``auc_with``, ``auc_without``, ``auc_gain``, ``auc_gain_ci`` ([lo, hi]),
     ``auc_gain_se`` and the same for ``gauc_*``, plus ``n_fit``, ``n_test``, ``n_resamples``,
-    ``level`` (and ``scores_with``/``scores_without`` when ``return_scores``).
+    ``level``; with ``return_scores`` also the test scores of the global probes
+    (``scores_with``, ``scores_without``) and of the within-user ones (``gauc_scores_with``,
+    ``gauc_scores_without``).
     """
     base_fit, base_test = _as_matrix(base_fit, "base_fit"), _as_matrix(base_test, "base_test")
     phi_fit, phi_test = _as_matrix(phi_fit, "phi_fit"), _as_matrix(phi_test, "phi_test")
@@ -283,23 +322,35 @@ def probe_gain(base_fit, base_test, phi_fit, phi_test, y_fit, y_test, users_test
             f"probe: base and phi must have the same rows; fit {len(base_fit)} vs {len(phi_fit)}, "
             f"test {len(base_test)} vs {len(phi_test)}."
         )
+    if len(np.asarray(users_fit)) != len(base_fit):
+        raise DataError(f"probe: users_fit must hold one user per fit row ({len(base_fit)}); "
+                        f"got {len(np.asarray(users_fit))}.")
     y = _check_labels(y_fit, len(base_fit))
     if bootstrap is None:
         bootstrap = user_resamples(users_test, n_resamples, seed)
     k = base_fit.shape[1]
+    y_test = np.asarray(y_test)
     with _one_blas_thread():
         # Both probes share the standardised fit columns (a column's mean and scale do not
         # depend on the others): the baseline probe reads the first k rows of the block.
         mean, scale, XT = _standardize(base_fit, phi_fit)
-        beta_without, _ = _fit_standardized(XT[:k], y, l2)
-        # Warm start: the baseline optimum with zero phi slopes gives the same logits, so the
-        # with-phi fit starts where the baseline ended rather than at the base rate.
-        start = np.concatenate((beta_without, np.zeros(XT.shape[0] - k)))
-        beta_with, _ = _fit_standardized(XT, y, l2, beta=start)
-        scores_without = _folded_scores(beta_without, mean[:k], scale[:k], base_test)
-        scores_with = _folded_scores(beta_with, mean, scale, base_test, phi_test)
-        stats = paired_bootstrap(np.asarray(y_test), scores_with, scores_without, resamples=bootstrap,
-                                 level=level, weighting=weighting)
+        beta_without, beta_with = _paired_fits(XT, y, k, l2)
+        scores = {"scores_without": _folded_scores(beta_without, mean[:k], scale[:k], base_test),
+                  "scores_with": _folded_scores(beta_with, mean, scale, base_test, phi_test)}
+        # Within-user probes: centring a standardised column within users and re-standardising
+        # it is the same column up to a constant per user, which no within-user ranking sees.
+        _, w_scale, WT = _standardize(within_user(XT, users_fit).T)
+        del XT
+        w_without, w_with = _paired_fits(WT, y, k, l2)
+        del WT
+        # Test scores up to a constant per user (which no within-user ranking sees): the
+        # slopes applied to the standardised, uncentred test columns.
+        scores["gauc_scores_without"] = _folded_scores(w_without, mean[:k], w_scale[:k] * scale[:k], base_test)
+        scores["gauc_scores_with"] = _folded_scores(w_with, mean, w_scale * scale, base_test, phi_test)
+        stats = paired_bootstrap(y_test, scores["scores_with"], scores["scores_without"], resamples=bootstrap,
+                                 level=level, weighting=weighting, metrics=("auc",))
+        stats |= paired_bootstrap(y_test, scores["gauc_scores_with"], scores["gauc_scores_without"],
+                                  resamples=bootstrap, level=level, weighting=weighting, metrics=("gauc",))
     out = {"n_fit": int(len(base_fit)), "n_test": int(len(base_test)), "n_resamples": len(bootstrap),
            "level": level}
     for metric, values in stats.items():
@@ -309,5 +360,5 @@ def probe_gain(base_fit, base_test, phi_fit, phi_test, y_fit, y_test, users_test
         out[f"{metric}_gain_ci"] = values["gain_ci"]
         out[f"{metric}_gain_se"] = values["gain_se"]
     if return_scores:
-        out["scores_with"], out["scores_without"] = scores_with, scores_without
+        out.update(scores)
     return out

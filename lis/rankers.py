@@ -261,28 +261,6 @@ def _check_fit_args(log_fit, dim, epochs, batch_size, valid_fraction, name):
         raise ConfigError(f"ranker option 'valid_fraction' must lie in [0, 1); got {describe_value(valid_fraction)}.")
 
 
-def base_logits(log: pd.DataFrame, windows=None, source: str = "builtin", ranker: IdCtrRanker | None = None,
-                name: str = "log", **fit_options) -> np.ndarray:
-    """The ranker's logit for every row of ``log`` (float64).
-
-    ``source='builtin'``: use ``ranker`` or, when it is None, fit an :class:`IdCtrRanker`
-    on the fit window of ``windows`` (``fit_options`` go to :meth:`IdCtrRanker.fit`).
-    Logits on the fit window itself are in-sample; the evaluator only uses the eval window.
-    ``source='column'``: pass the log's ``base_logit`` through; a missing column or a
-    non-finite value is a :class:`DataError` naming the row.
-    """
-    if source == "column":
-        return column_logits(log, name)
-    if source != "builtin":
-        raise ConfigError(f"ranker source must be 'builtin' or 'column'; got {describe_value(source)}.")
-    if ranker is None:
-        if windows is None:
-            raise ConfigError("base_logits(source='builtin') needs the windows (to train on the fit window) "
-                              "or a fitted ranker.")
-        ranker = IdCtrRanker.fit(windows.slice(log, "fit"), name=name, **fit_options)
-    return ranker.predict_logits(log)
-
-
 def column_logits(log: pd.DataFrame, name: str = "log") -> np.ndarray:
     """The log's ``base_logit`` column as float64, validated (present, numeric, finite)."""
     if "base_logit" not in log.columns:

@@ -44,14 +44,16 @@ def render_markdown(report: dict) -> str:
             lines.append(f"| {name} | {scores['n_pairs']} | {_fmt_gain(scores, 'auc_gain')} | {_fmt_gain(scores, 'gauc_gain')} |")
         lines.append("")
     if report.get("ais"):
-        builders = list(report.get("lis", {}))
-        header = "| table | coverage | AUC gain [95% CI] | GAUC gain [95% CI] |" + "".join(f" eta vs {b} |" for b in builders)
-        lines += ["## AIS: what each embedding table delivers", "", header, "|---" * (4 + len(builders)) + "|"]
+        lines += ["## AIS: what each embedding table delivers, against its own ceiling", "",
+                  "| table | coverage | AUC gain [95% CI] | GAUC gain [95% CI] | ceiling (LIS of) | eta |",
+                  "|---|---|---|---|---|---|"]
         for name, scores in report["ais"].items():
-            etas = report.get("efficiency", {}).get(name, {})
-            cells = "".join(f" {_fmt_eta(etas.get(b))} |" for b in builders)
-            lines.append(f"| {name} | {scores['coverage']:.1%} | {_fmt_gain(scores, 'auc_gain')} | {_fmt_gain(scores, 'gauc_gain')} |{cells}")
-        lines.append("")
+            ceiling = scores.get("ceiling") or {}
+            lines.append(f"| {name} | {scores['coverage']:.1%} | {_fmt_gain(scores, 'auc_gain')} | "
+                         f"{_fmt_gain(scores, 'gauc_gain')} | {_fmt_ceiling(ceiling)} | {_fmt_eta(ceiling)} |")
+        lines += ["", "The ceiling is the builder named in the table's manifest (the pairs it was trained on), "
+                  "else the best builder with headroom; the eta of every table against every builder is in "
+                  "`report.json` (`efficiency`).", ""]
     lines += _segment_lines(report.get("segments") or {})
     verdict = report.get("verdict")
     if verdict:
@@ -85,8 +87,23 @@ def _modes(config: dict) -> str:
     return f" Gains: {how}; LIS oracle: {config.get('lis_mode', 'embedding')} mode."
 
 
-def _fmt_eta(eta) -> str:
-    return "n/a (LIS interval includes 0)" if eta is None else f"{eta:.2f}"
+def _fmt_ceiling(ceiling: dict) -> str:
+    if not ceiling.get("builder"):
+        return "none (no builder with headroom)"
+    lis = ceiling.get("lis") or {}
+    how = "manifest" if ceiling.get("source") == "manifest" else "best builder; the manifest names none"
+    gain = f" {lis['auc_gain']:+.4f}" if lis else ""
+    return f"{ceiling['builder']}{gain} ({how})"
+
+
+def _fmt_eta(ceiling: dict) -> str:
+    relation = ceiling.get("relation")
+    if relation == "exceeds":
+        return "exceeds the ceiling"
+    if relation != "within" or ceiling.get("eta") is None:
+        return "n/a (LIS interval includes 0)"
+    lo, hi = ceiling.get("eta_ci") or (None, None)
+    return f"{ceiling['eta']:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if lo is not None else "")
 
 
 def plot_report(report: dict, png_path: str | Path) -> None:

@@ -1,6 +1,6 @@
 """The three tables of lis-align — catalogue, log, pairs — checked and given canonical dtypes.
 
-Canonical forms (DESIGN section 3):
+Canonical forms (docs/science.md section 10, "Data contracts"):
 
 - catalogue: ``item_id`` str (unique), ``text`` str (null becomes ""), optional ``image``
   (object: a str path relative to the catalogue's folder, bytes, or None; a ``datasets`` Image

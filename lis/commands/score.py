@@ -154,7 +154,7 @@ def load_tables(items: list[str]) -> dict:
 
 
 def oracle_dim(requested: int | None, tables: dict) -> int:
-    """The oracle's dimension: as asked, else the first table's (DESIGN: 'of the MLLM's dimension'), else 64."""
+    """The oracle's dimension: as asked, else the first table's (docs/science.md section 6: 'of the model's dimension'), else 64."""
     from lis.errors import ConfigError
 
     if requested is not None:

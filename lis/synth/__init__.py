@@ -1,11 +1,13 @@
 """The simulated platform: a small but honest world whose truth is known.
 
 ``simulate(preset, seed, out_dir)`` writes a data dir (catalogue, log, images) together with
-the hidden truth (item latents, per-session user tastes). Items have latent preference
-vectors clustered by category; their images and texts are rendered from the latent (except
-an uninformative share); users have drifting tastes, visit in sessions, and are shown items
-by a popularity-biased logging policy that partly knows their taste; engagement is a logistic
-function of taste . latent, popularity, user bias and noise. See :class:`SynthConfig` for
+the hidden truth (item latents, per-session user tastes). It is a content feed: items have
+latent preference vectors clustered by category and, finer, by topic; their images and texts
+are rendered from the latent (except an uninformative share); users have 1-3 interests and
+drifting tastes, and each session dwells on one interest: the feed draws most candidates from
+that interest's category, a popularity-biased logging policy that partly knows the session's
+taste ranks them, and a user engages several items per session (engagement is a logistic
+function of taste . latent, popularity, user bias and noise). See :class:`SynthConfig` for
 every knob and ``PRESETS`` for the named sizes (tiny, demo, bench).
 
 Not modelled: position bias, item-item substitution within a session, seasonality, or

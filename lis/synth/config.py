@@ -20,22 +20,32 @@ class SynthConfig:
     """One simulated platform: catalogue size, traffic, and how preference is generated.
 
     Catalogue
-        n_items, n_categories, dim: item latents are ``0.6 * centre[category] + 0.8 * noise``
-        (both of norm ~1), so a category explains about a third of the latent: a weak but
-        real signal. ``late_item_share`` of the items are created while the log runs
+        n_items, n_categories, dim: each category holds ``topics_per_category`` topics, which the
+        catalogue does not record; an item's latent is ``category_weight * centre[category] +
+        topic_weight * centre[topic] + rest * noise`` (all of norm ~1, rest so that the squares
+        sum to 1): with the defaults the category explains 9% of the latent, the topic 36%.
+        ``late_item_share`` of the items are created while the log runs
         (uniformly over 5%..95% of the span), so some items are first seen late (cold).
     Content
         image_size (square RGB PNG), vocab_size (pseudo-words, each with a direction in latent
         space), word_temperature (lower = words more specific to the latent). A share
         ``uninformative_share`` of the items gets content rendered from an unrelated random
         latent: it looks the same but carries no preference information.
+    Users and sessions (a content feed)
+        Each user has 1-3 interests, each drawn like an item latent around one topic (so items
+        engaged for one interest share a topic that the catalogue's category does not reveal);
+        the base taste is their weighted mix. A session dwells on one interest, drawn by the
+        interest weights: its taste is ``(1 - session_focus) * base + session_focus * interest``
+        (plus the drift). With the defaults a session shows ~13 items and 3-4 are engaged.
     Traffic
         n_users, n_sessions (spread over users by a log-normal activity), impressions_per_session
         (mean; 1 + Poisson), days. Each session retrieves ``pool_size`` candidates from a
         popularity-biased distribution (``exposure_bias``, plus ``fresh_boost`` for items
-        younger than a week) and the logging policy shows the top ones by a score that mixes
-        popularity and a partial, stale knowledge of the user's taste (``policy_relevance``,
-        ``policy_knowledge`` = correlation of the policy's taste estimate with the true one).
+        younger than a week), a share ``topic_share`` of them from the category of the
+        session's interest (the feed dwells on the session's topic), and the logging policy
+        shows the top ones by a score that mixes popularity and a partial knowledge of the
+        session's taste (``policy_relevance``; ``policy_knowledge`` = weight of the true taste
+        in the policy's estimate, the rest a fixed per-user error).
     Engagement
         logit = engagement_scale * taste(t) . latent + popularity_effect * popularity
         + user bias (sd ``user_bias_sd``) + noise (sd ``logit_noise_sd``) + b0, where b0 is
@@ -50,16 +60,21 @@ class SynthConfig:
     n_items: int = 2_000
     n_categories: int = 12
     dim: int = 16
+    category_weight: float = 0.3
+    topics_per_category: int = 4
+    topic_weight: float = 0.6
     late_item_share: float = 0.2
     image_size: int = 64
     vocab_size: int = 1_000
     word_temperature: float = 0.15
     uninformative_share: float = 0.15
     n_users: int = 1_500
-    n_sessions: int = 13_400
-    impressions_per_session: float = 10.0
+    n_sessions: int = 6_500
+    impressions_per_session: float = 20.0
     days: int = 60
     pool_size: int = 50
+    topic_share: float = 0.8
+    session_focus: float = 0.6
     exposure_bias: float = 1.0
     fresh_boost: float = 1.5
     policy_relevance: float = 3.0
@@ -69,7 +84,7 @@ class SynthConfig:
     user_bias_sd: float = 0.5
     logit_noise_sd: float = 0.5
     taste_drift: float = 0.3
-    positive_rate: float = 0.1
+    positive_rate: float = 0.25
     include_base_logit: bool = False
     start: int = DEFAULT_START
 
@@ -82,13 +97,13 @@ class SynthConfig:
 
 def _check(config: SynthConfig) -> None:
     """Reject values that would make an empty or degenerate world (ConfigError names the field)."""
-    positive_ints = ("n_items", "n_categories", "dim", "image_size", "vocab_size", "n_users",
+    positive_ints = ("n_items", "n_categories", "topics_per_category", "dim", "image_size", "vocab_size", "n_users",
                      "n_sessions", "days", "pool_size")
     for field in positive_ints:
         value = getattr(config, field)
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"synth config: field '{field}' must be a positive integer; got {value!r}.")
-    for field in ("late_item_share", "uninformative_share", "policy_knowledge"):
+    for field in ("late_item_share", "uninformative_share", "policy_knowledge", "topic_share", "session_focus", "category_weight", "topic_weight"):
         value = getattr(config, field)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"synth config: field '{field}' must lie in [0, 1]; got {value!r}.")
@@ -110,12 +125,12 @@ PRESETS: dict[str, SynthConfig] = {
     # repeats (a user never sees an item twice), which removes more the smaller the catalogue.
     # Unit tests: 200 items, ~5k impressions, 32-px images.
     "tiny": SynthConfig(name="tiny", n_items=200, n_categories=6, image_size=32, vocab_size=300,
-                        n_users=200, n_sessions=750),
+                        n_users=200, n_sessions=500),
     # The product demo and the validity tests: 2k items, ~100k impressions, 64-px images.
     "demo": SynthConfig(name="demo"),
     # Benchmarks: 20k items, >= 1M impressions (1.03M for seed 1; seeds differ by well under 1%).
     "bench": SynthConfig(name="bench", n_items=20_000, n_categories=24, vocab_size=2_000,
-                         n_users=12_000, n_sessions=108_000),
+                         n_users=12_000, n_sessions=70_000),
 }
 
 

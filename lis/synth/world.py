@@ -29,6 +29,7 @@ class Items:
     latent: np.ndarray       # (n, dim) float64, the truth
     category: np.ndarray     # (n,) int
     centres: np.ndarray      # (n_categories, dim)
+    topic_centres: np.ndarray  # (n_categories * topics_per_category, dim); topic t is in category t // topics_per_category
     popularity: np.ndarray   # (n,) standard normal: exposure and engagement both use it
     created_at: np.ndarray   # (n,) int64 unix seconds
     informative: np.ndarray  # (n,) bool: content rendered from the item's own latent
@@ -59,7 +60,10 @@ def make_items(config: SynthConfig, rng: np.random.Generator) -> Items:
     n, dim = config.n_items, config.dim
     centres = _gaussian(rng, config.n_categories, dim)
     category = rng.integers(0, config.n_categories, n)
-    latent = 0.6 * centres[category] + 0.8 * _gaussian(rng, n, dim)
+    # Topics: finer than the catalogue's categories (which the catalogue does not record).
+    topic_centres = _gaussian(rng, config.n_categories * config.topics_per_category, dim)
+    topic = category * config.topics_per_category + rng.integers(0, config.topics_per_category, n)
+    latent = _mix(config, centres[category], topic_centres[topic], _gaussian(rng, n, dim))
     popularity = rng.standard_normal(n)
     span = config.days * DAY
     # Most items exist before the log starts; a late share is created while it runs.
@@ -69,35 +73,71 @@ def make_items(config: SynthConfig, rng: np.random.Generator) -> Items:
     informative = rng.random(n) >= config.uninformative_share
     # Uninformative items are rendered from a fresh latent of the same distribution, so
     # their content looks like everyone else's but says nothing about their preference.
-    decoy = 0.6 * centres[rng.integers(0, config.n_categories, n)] + 0.8 * _gaussian(rng, n, dim)
+    decoy_topic = rng.integers(0, len(topic_centres), n)
+    decoy = _mix(config, centres[decoy_topic // config.topics_per_category], topic_centres[decoy_topic],
+                 _gaussian(rng, n, dim))
     content_latent = np.where(informative[:, None], latent, decoy)
-    return Items(latent, category, centres, popularity, created_at.astype(np.int64), informative, content_latent)
+    return Items(latent, category, centres, topic_centres, popularity, created_at.astype(np.int64), informative,
+                 content_latent)
 
 
-def make_users(config: SynthConfig, centres: np.ndarray, rng: np.random.Generator):
-    """Base tastes near 1-3 favourite category centres, a bias, an activity level, and the
-    policy's partial (stale, noisy) estimate of each taste."""
+def _mix(config: SynthConfig, category_centre, topic_centre, noise):
+    """``category_weight * category + topic_weight * topic + rest * noise``: rows of norm ~1."""
+    a, b = config.category_weight, config.topic_weight
+    return a * category_centre + b * topic_centre + np.sqrt(max(1 - a ** 2 - b ** 2, 0.0)) * noise
+
+
+@dataclass
+class Users:
+    taste: np.ndarray        # (n, dim) base taste: the interests' weighted mix, unit norm
+    interests: np.ndarray    # (n, 3, dim) unit interest points
+    weights: np.ndarray      # (n, 3) how often each interest leads a session (0 = not an interest)
+    favourites: np.ndarray   # (n, 3) category of each interest
+    bias: np.ndarray         # (n,) engagement bias
+    activity: np.ndarray     # (n,) relative number of sessions
+    policy_knowledge: float  # correlation of the policy's estimate with the session's taste
+    policy_noise: np.ndarray  # (n, dim) the policy's fixed error about each user
+
+    def guess(self, session_user: np.ndarray, session_taste: np.ndarray) -> np.ndarray:
+        """The policy's estimate of each session's taste: it follows the session (a feed sees the
+        session's clicks) but with the user's fixed error, so it stays partial."""
+        rho = self.policy_knowledge
+        return rho * session_taste + np.sqrt(1 - rho ** 2) * self.policy_noise[session_user]
+
+
+def make_users(config: SynthConfig, items: Items, rng: np.random.Generator) -> Users:
+    """1-3 interests per user (each a point near one topic, drawn like an item's latent), their
+    weights, a base taste (the weighted mix), a bias, an activity level, and the policy's error."""
     n, dim = config.n_users, config.dim
-    favourites = rng.integers(0, len(centres), (n, 3))
+    topics = rng.integers(0, len(items.topic_centres), (n, 3))
+    favourites = topics // config.topics_per_category
     weights = rng.dirichlet(np.ones(3), n) * (rng.random((n, 3)) < [1.0, 0.5, 0.3])
     weights /= weights.sum(axis=1, keepdims=True)
-    mix = np.einsum("uk,ukd->ud", weights, centres[favourites])
-    taste = 0.6 * mix / np.linalg.norm(mix, axis=1, keepdims=True) + 0.8 * _gaussian(rng, n, dim)
+    # An interest is the user's own point near a topic: co-engaged items share their topic, which
+    # the catalogue's category does not reveal.
+    interests = _mix(config, items.centres[favourites], items.topic_centres[topics],
+                     _gaussian(rng, n * 3, dim).reshape(n, 3, dim))
+    interests /= np.linalg.norm(interests, axis=2, keepdims=True)
+    taste = np.einsum("uk,ukd->ud", weights, interests)
     taste /= np.linalg.norm(taste, axis=1, keepdims=True)
     bias = rng.normal(0.0, config.user_bias_sd, n)
     activity = rng.lognormal(0.0, 0.8, n)
     rho = config.policy_knowledge
-    guess = rho * taste + np.sqrt(1 - rho**2) * _gaussian(rng, n, dim)
-    return taste, bias, activity, guess
+    noise = _gaussian(rng, n, dim)
+    return Users(taste, interests, weights, favourites, bias, activity, rho, noise)
 
 
-def make_sessions(config: SynthConfig, activity: np.ndarray, base_taste: np.ndarray, rng: np.random.Generator):
-    """Session owners, start times (sorted), sizes, and the taste at each session.
+def make_sessions(config: SynthConfig, users_info: "Users", rng: np.random.Generator):
+    """Session owners, start times (sorted), sizes, the interest each session dwells on (its
+    category) and the taste at each session.
 
-    Tastes follow a Brownian motion from the base taste: over the whole span the walk moves
-    a distance of about ``taste_drift``, so the past predicts the future, but less and less.
+    A session dwells on one of its user's interests (drawn by the interest weights): its taste
+    is ``(1 - session_focus) * base taste + session_focus * interest``, plus a Brownian drift
+    from the user's first session that moves about ``taste_drift`` over the whole span, so the
+    past predicts the future, but less and less.
     """
     span = config.days * DAY
+    activity = users_info.activity
     users = rng.choice(config.n_users, size=config.n_sessions, p=activity / activity.sum())
     # Leave an hour at the end so a session's impressions stay inside the span.
     start = rng.integers(0, span - 3600, config.n_sessions)
@@ -110,27 +150,38 @@ def make_sessions(config: SynthConfig, activity: np.ndarray, base_taste: np.ndar
     # Restart the cumulative sum at each user's first session.
     group_start = np.maximum.accumulate(np.where(first, np.arange(config.n_sessions), 0))
     walk -= (walk - steps)[group_start]
-    taste = base_taste[users] + walk
+    # The interest of each session, by inverse CDF over the user's interest weights.
+    cdf = np.cumsum(users_info.weights[users], axis=1)
+    pick = np.minimum((rng.random(config.n_sessions)[:, None] > cdf).sum(axis=1), 2)
+    interest = users_info.interests[users, pick]
+    focus = config.session_focus
+    taste = (1 - focus) * users_info.taste[users] + focus * interest + walk
     sizes = 1 + rng.poisson(config.impressions_per_session - 1, config.n_sessions)
     sizes = np.minimum(sizes, config.pool_size)
+    topic = users_info.favourites[users, pick]
     # Number sessions by start time (ties by owner), which is how session ids are assigned.
     by_time = np.lexsort((users, start))
-    return users[by_time], config.start + start[by_time], sizes[by_time], taste[by_time]
+    return (users[by_time], config.start + start[by_time], sizes[by_time], taste[by_time], topic[by_time])
 
 
 def exposure(config: SynthConfig, items: Items, session_start: np.ndarray, sizes: np.ndarray,
-             users: np.ndarray, guess: np.ndarray, rng: np.random.Generator, progress=None):
-    """The logging policy: retrieve a popularity-biased pool, show the top of a noisy ranking.
+             topic: np.ndarray, guess: np.ndarray, rng: np.random.Generator, progress=None):
+    """The logging policy: retrieve a popularity-biased pool that dwells on the session's topic,
+    show the top of a noisy ranking.
 
     Retrieval draws ``pool_size`` candidates per session with probability proportional to
     exp(exposure_bias * popularity + fresh_boost * [younger than 7 days]) among items created
-    before that day (exposure bias: popular items are shown more). Ranking scores
-    policy_relevance * guess . latent + popularity + Gumbel noise, where ``guess`` is the
-    policy's stale estimate of the taste. Returns (session index, position, item) per impression.
+    before that day (exposure bias: popular items are shown more); a share ``topic_share`` of
+    the draws is restricted to the category of the session's interest (a feed dwells on what
+    the session is about). Ranking scores policy_relevance * guess . latent + popularity +
+    Gumbel noise, where ``guess`` is the policy's estimate of the session's taste (one row per
+    session). Returns (session index, position, item) per impression.
     """
     n_sessions, m = len(session_start), config.pool_size
+    n_topic = int(round(config.topic_share * m))
     day = (session_start - config.start) // DAY
     pools = np.empty((n_sessions, m), dtype=np.int64)
+    by_category = [np.flatnonzero(items.category == c) for c in range(config.n_categories)]
     for d in np.unique(day):
         rows = np.flatnonzero(day == d)
         day_start = config.start + int(d) * DAY
@@ -138,8 +189,20 @@ def exposure(config: SynthConfig, items: Items, session_start: np.ndarray, sizes
         weight = np.exp(config.exposure_bias * items.popularity + config.fresh_boost * ((age >= 0) & (age < 7)))
         weight[age < 0] = 0.0  # not created yet (items created during the day wait a day)
         cdf = np.cumsum(weight)
-        draws = rng.random((len(rows), m)) * cdf[-1]
-        pools[rows] = np.minimum(np.searchsorted(cdf, draws, side="right"), len(cdf) - 1)
+        draws = rng.random((len(rows), m))
+        pools[rows, n_topic:] = np.minimum(np.searchsorted(cdf, draws[:, n_topic:] * cdf[-1], side="right"),
+                                           len(cdf) - 1)
+        if n_topic:
+            for c in np.unique(topic[rows]):
+                members = by_category[c]
+                sub = rows[topic[rows] == c]
+                local = np.cumsum(weight[members])
+                if len(members) == 0 or local[-1] <= 0:   # an empty topic: draw globally instead
+                    pick = np.searchsorted(cdf, draws[topic[rows] == c, :n_topic] * cdf[-1], side="right")
+                    pools[sub, :n_topic] = np.minimum(pick, len(cdf) - 1)
+                    continue
+                pick = np.searchsorted(local, draws[topic[rows] == c, :n_topic] * local[-1], side="right")
+                pools[sub, :n_topic] = members[np.minimum(pick, len(members) - 1)]
         if progress is not None:
             progress.update(len(rows))
     pools.sort(axis=1)
@@ -149,7 +212,7 @@ def exposure(config: SynthConfig, items: Items, session_start: np.ndarray, sizes
     chunk = 20_000  # bounds the (chunk, m, dim) gather to ~128 MB
     for lo in range(0, n_sessions, chunk):
         hi = min(lo + chunk, n_sessions)
-        relevance = np.einsum("sd,smd->sm", guess[users[lo:hi]], items.latent[pools[lo:hi]])
+        relevance = np.einsum("sd,smd->sm", guess[lo:hi], items.latent[pools[lo:hi]])
         score[lo:hi] = config.policy_relevance * relevance + items.popularity[pools[lo:hi]]
     score += rng.gumbel(size=score.shape)
     score[duplicate] = -np.inf
@@ -180,9 +243,10 @@ def solve_intercept(logits: np.ndarray, target: float) -> float:
 
 def simulate_log(config: SynthConfig, items: Items, rngs: dict, progress=None) -> Log:
     """Users, sessions, exposure and engagement -> the impression log in time order."""
-    base_taste, bias, activity, guess = make_users(config, items.centres, rngs["users"])
-    users, start, sizes, taste = make_sessions(config, activity, base_taste, rngs["sessions"])
-    session, position, item = exposure(config, items, start, sizes, users, guess, rngs["policy"], progress)
+    users_info = make_users(config, items, rngs["users"])
+    users, start, sizes, taste, topic = make_sessions(config, users_info, rngs["sessions"])
+    guess = users_info.guess(users, taste)
+    session, position, item = exposure(config, items, start, sizes, topic, guess, rngs["policy"], progress)
     rng = rngs["engagement"]
     # Impressions within a session are a few seconds apart, in the policy's ranking order.
     gaps = 1 + rng.exponential(14.0, len(session)).astype(np.int64)
@@ -199,11 +263,11 @@ def simulate_log(config: SynthConfig, items: Items, rngs: dict, progress=None) -
     session, position, item, timestamp, user = (a[first] for a in (session, position, item, timestamp, user))
     taste_dot = np.einsum("nd,nd->n", taste[session], items.latent[item])
     logit = (config.engagement_scale * taste_dot + config.popularity_effect * items.popularity[item]
-             + bias[user] + rng.normal(0.0, config.logit_noise_sd, len(item)))
+             + users_info.bias[user] + rng.normal(0.0, config.logit_noise_sd, len(item)))
     logit += solve_intercept(logit, config.positive_rate)
     label = (rng.random(len(item)) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int8)
-    # The policy's own logit estimate: its stale taste guess, popularity, no user bias.
-    policy_dot = np.einsum("nd,nd->n", guess[user], items.latent[item])
+    # The policy's own logit estimate: its partial taste guess, popularity, no user bias.
+    policy_dot = np.einsum("nd,nd->n", guess[session], items.latent[item])
     base = (config.engagement_scale * config.policy_knowledge * policy_dot
             + config.popularity_effect * items.popularity[item])
     base += solve_intercept(base, config.positive_rate)

@@ -51,7 +51,9 @@ def test_score_writes_the_report_and_prints_the_table(world, tmp_path, capsys):
     assert {"auc_gain", "auc_gain_ci", "gauc_gain", "gauc_gain_ci", "coverage"} <= set(truth)
     assert truth["auc_gain_ci"][0] > 0 and truth["coverage"] == 1.0
     assert set(report["efficiency"]["truth"]) == {"co_engagement", "random"}
-    assert report["verdict"]["code"] in ("no_headroom", "headroom", "model_bound", "data_bound", "near_ceiling")
+    assert report["verdict"]["code"] in ("no_headroom", "headroom", "model_bound", "data_bound", "near_ceiling",
+                                         "exceeds_ceiling")
+    assert report["ais"]["truth"]["ceiling"]["source"] in ("best_builder", "none")
     assert "warm_items" in report["segments"]["truth"] and "eval_start" in report["windows"]
     assert report["config"]["builder_options"] == {"co_engagement": {"window": 20, "same_session": False}}
     assert out.with_suffix(".md").exists() and out.with_suffix(".png").exists()
@@ -59,6 +61,18 @@ def test_score_writes_the_report_and_prints_the_table(world, tmp_path, capsys):
     assert captured.out == out.with_suffix(".md").read_text() + "\n"
     assert "| truth | 100.0% |" in captured.out
     assert "lis score: LIS co_engagement: AUC gain" in captured.err and "lis score: wrote" in captured.err
+
+
+def test_a_one_user_log_exits_2_naming_the_minimum(copy_world, tmp_path, capsys):
+    import pandas as pd
+
+    broken = copy_world()
+    log = pd.read_parquet(broken / "log.parquet")
+    log.assign(user_id="u0").to_parquet(broken / "log.parquet", index=False)
+    assert score("--data", str(broken), "--builder", "random", "--out", str(tmp_path / "r.json"), *FAST) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("lis score: ")]
+    assert len(errors) == 1 and "1 user(s)" in errors[0] and "at least 20 users" in errors[0]
+    assert not (tmp_path / "r.json").exists()
 
 
 def test_score_in_full_mode_without_tables(world, tmp_path, capsys):

@@ -1,5 +1,5 @@
 """The evaluator's contract: refusals, bad inputs as one clear DataError, caching, report shape,
-efficiency and verdicts. Runs on the tiny simulated world (fast); validity lives in test_validity."""
+ceilings and degenerate logs. Runs on the tiny simulated world (fast); validity lives in test_validity."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,6 @@ from lis.embeddings import EmbeddingTable, load_embeddings, save_embeddings
 from lis.errors import ConfigError, DataError
 from lis.evaluator import EvaluatorConfig, LISEvaluator
 from lis.synth import simulate
-from lis.verdict import verdict
 
 FAST = dict(lis_mode="pairs", n_bootstrap=50, seed=0)
 
@@ -178,7 +177,7 @@ def test_full_mode_scores_tables_and_builders(tiny):
     assert ais["mode"] == "full" and ais["auc_gain_ci"][0] > 0 and ais["coverage"] == 1.0
     random = full.score_table(random_table(truth.ids), "random")
     assert random["auc_gain"] < ais["auc_gain"]
-    assert len(full._full_baselines) == 1                  # equal coverage, equal controls: one baseline ranker
+    assert len(full.full_mode()._baselines) == 1                  # equal coverage, equal controls: one baseline ranker
     lis = full.lis("co_engagement")
     assert lis["mode"] == "full" and lis["lis_mode"] == "pairs" and np.isfinite(lis["auc_gain"])
 
@@ -195,21 +194,31 @@ def test_efficiency_is_none_when_the_lis_interval_includes_zero():
     assert LISEvaluator.efficiency(ais, _scores(0.02, 0.01, 0.03)) == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("etas, code", [
-    ({}, "headroom"),
-    ({"t": {"b": 0.2}}, "model_bound"),
-    ({"t": {"b": 0.7}}, "data_bound"),
-    ({"t": {"b": 0.95}}, "near_ceiling"),
-    ({"t": {"b": 0.2}, "u": {"b": 0.95}}, "near_ceiling"),   # the best table decides
-    ({"t": {"b": None}}, "headroom"),
-])
-def test_verdict_codes(etas, code):
-    result = verdict({"b": _scores(0.03, 0.01, 0.05)}, etas)
-    assert result["code"] == code and result["builder"] == "b" and result["advice"]
+def test_a_table_is_judged_against_the_builder_and_options_of_its_manifest(evaluator, tiny):
+    _, truth = tiny
+    named = EmbeddingTable(truth.ids, truth.vectors, {"builder": "random", "builder_options": {"top_k": 3}})
+    report = evaluator.report({"truth": truth, "named": named}, builders=("co_engagement",), with_segments=False)
+    ceiling = report["ais"]["named"]["ceiling"]
+    assert ceiling["builder"] == "random" and ceiling["source"] == "manifest" and ceiling["options"] == {"top_k": 3}
+    assert ceiling["lis"]["auc_gain"] == evaluator.lis("random", top_k=3)["auc_gain"]   # its own options
+    assert ceiling["relation"] == "exceeds" and ceiling["eta"] is None     # truth-like vectors beat random pairs
+    fallback = report["ais"]["truth"]["ceiling"]
+    assert fallback["source"] in ("best_builder", "none")
+    assert report["verdict"]["code"] in ("exceeds_ceiling", "near_ceiling", "data_bound", "model_bound", "no_headroom")
+    assert "random" not in report["efficiency"]["named"]              # the matrix covers the scored builders only
 
 
-def test_verdict_is_no_headroom_when_the_best_builder_includes_zero():
-    result = verdict({"a": _scores(0.002, -0.001, 0.005), "b": _scores(-0.001, -0.003, 0.001)}, {"t": {"a": None}})
-    assert result["code"] == "no_headroom" and result["builder"] == "a"
-    assert "build better pairs" in result["advice"]
-    assert verdict({}, {})["code"] == "no_headroom"
+def test_a_one_user_log_is_refused_with_the_minimum(tiny):
+    data, _ = tiny
+    one = data.log.assign(user_id="u0")
+    with pytest.raises(DataError, match="at least 20 users"):
+        LISEvaluator(one, data.catalogue, EvaluatorConfig(**FAST), name="log.parquet")
+
+
+def test_small_segments_are_n_a_not_zero_width(evaluator):
+    test = evaluator.is_test
+    scores = np.random.default_rng(0).normal(size=int(test.sum()))
+    out = evaluator.segments_from_scores(scores, scores)
+    small = [seg for seg in out.values() if seg["n"] < 100]
+    assert all(seg["auc_gain"] is None and seg["note"].startswith("n/a") for seg in small)
+    assert any(seg["auc_gain"] is not None for seg in out.values())

@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from lis.errors import DataError
-from lis.rankers import IdCtrRanker, base_logits
+from lis.rankers import IdCtrRanker, column_logits
 from lis.windows import split_windows
 
 
@@ -66,23 +66,23 @@ def test_item_embeddings_keep_items_with_enough_impressions(world):
     assert min(counts[i] for i in few) > np.median(ranker.item_counts)
 
 
-def test_builtin_base_logits_train_on_the_fit_window_only(world):
+def test_builtin_logits_train_on_the_fit_window_only(world):
     log, windows, _ = world
-    logits = base_logits(log, windows, source="builtin", dim=8, epochs=2)
-    assert logits.shape == (len(log),) and np.isfinite(logits).all()
     ranker = IdCtrRanker.fit(windows.slice(log, "fit"), dim=8, epochs=2)
+    logits = ranker.predict_logits(log)
+    assert logits.shape == (len(log),) and np.isfinite(logits).all()
     assert ranker.trained_until < windows.eval_start
 
 
 def test_column_base_logits_pass_through_and_are_validated(world):
     log = world[0].head(50).copy()
     log["base_logit"] = np.linspace(-1, 1, 50)
-    np.testing.assert_array_equal(base_logits(log, source="column"), log["base_logit"].to_numpy())
+    np.testing.assert_array_equal(column_logits(log), log["base_logit"].to_numpy())
     log.loc[7, "base_logit"] = np.nan
     with pytest.raises(DataError, match=r"log\.parquet: column 'base_logit' must hold finite numbers; row 7 holds nan"):
-        base_logits(log, source="column", name="log.parquet")
+        column_logits(log, name="log.parquet")
     with pytest.raises(DataError, match="column 'base_logit' is missing"):
-        base_logits(log.drop(columns="base_logit"), source="column")
+        column_logits(log.drop(columns="base_logit"))
 
 
 # ----------------------------------------------------------------------------- dense inputs (full mode)

@@ -23,15 +23,22 @@ def sample_report() -> dict:
         "config": {"mode": "probe", "lis_mode": "embedding"},
         "lis": {"co_engagement": gains(0.028, 0.018, 0.038, n_pairs=51234),
                 "random": gains(-0.001, -0.002, 0.0002, n_pairs=20000)},
-        "ais": {"step_100": gains(0.014, 0.006, 0.022, coverage=0.97),
-                "truth": gains(0.144, 0.129, 0.160, coverage=1.0)},
+        "ais": {"step_100": gains(0.014, 0.006, 0.022, coverage=0.97, ceiling={
+                    "builder": "co_engagement", "source": "manifest", "options": None,
+                    "lis": gains(0.028, 0.018, 0.038, n_pairs=51234), "eta": 0.5, "eta_ci": [0.21, 0.79],
+                    "relation": "within"}),
+                "truth": gains(0.144, 0.129, 0.160, coverage=1.0, ceiling={
+                    "builder": "co_engagement", "source": "best_builder", "options": None,
+                    "lis": gains(0.028, 0.018, 0.038, n_pairs=51234), "eta": None, "eta_ci": None,
+                    "relation": "exceeds"})},
         "efficiency": {"step_100": {"co_engagement": 0.5, "random": None},
                        "truth": {"co_engagement": 5.14, "random": None}},
         "segments": {"step_100": {"cold_items": {"n": 40, "auc_gain": None, "auc_gain_ci": None,
-                                                 "note": "segment needs both labels"},
+                                                 "note": "n/a: 40 impressions (a segment needs 100)"},
                                   "warm_items": {"n": 260, "auc_gain": 0.015, "auc_gain_ci": [0.004, 0.026]}}},
         "verdict": {"code": "model_bound", "builder": "co_engagement", "table": "step_100", "eta": 0.5,
-                    "advice": "The data is good but the model reaches only 50% of its ceiling."},
+                    "ceiling_source": "manifest",
+                    "advice": "The data is good but the model reaches eta 0.50 of builder 'co_engagement''s ceiling."},
     }
 
 
@@ -52,10 +59,11 @@ def test_markdown_holds_the_lis_ais_segment_and_verdict_tables():
     assert "| fit | 2024-01-01T00:00:00Z | 2024-02-09T23:59:59Z | 700 | 70 |" in text
     assert "Base ranker (builtin): AUC 0.6321, GAUC 0.5987" in text
     assert "| co_engagement | 51234 | +0.0280 [+0.0180, +0.0380] | +0.0336 [+0.0216, +0.0456] |" in text
-    assert "| table | coverage | AUC gain [95% CI] | GAUC gain [95% CI] | eta vs co_engagement | eta vs random |" in text
-    assert "| step_100 | 97.0% | +0.0140 [+0.0060, +0.0220] |" in text
-    assert "| 0.50 | n/a (LIS interval includes 0) |" in text
-    assert "| cold_items | 40 | segment needs both labels |" in text
+    assert "| table | coverage | AUC gain [95% CI] | GAUC gain [95% CI] | ceiling (LIS of) | eta |" in text
+    assert ("| step_100 | 97.0% | +0.0140 [+0.0060, +0.0220] | +0.0168 [+0.0072, +0.0264] | "
+            "co_engagement +0.0280 (manifest) | 0.50 [0.21, 0.79] |") in text
+    assert "| truth | 100.0% |" in text and "(best builder; the manifest names none) | exceeds the ceiling |" in text
+    assert "| cold_items | 40 | n/a: 40 impressions (a segment needs 100) |" in text
     assert "| warm_items | 260 | +0.0150 [+0.0040, +0.0260] |" in text
     assert "**Verdict: `model_bound`.** The data is good" in text
 
@@ -67,6 +75,16 @@ def test_a_report_without_tables_still_renders_and_plots(tmp_path):
     text = paths["md"].read_text()
     assert "## LIS" in text and "## AIS" not in text and "segment" not in text
     assert paths["png"].stat().st_size > 0
+
+
+def test_report_json_is_strict_null_never_nan(tmp_path):
+    report = sample_report()
+    report["ais"]["step_100"]["gauc_gain_se"] = float("nan")
+    report["efficiency"]["truth"]["random"] = float("inf")
+    text = write_report(report, tmp_path / "report.json")["json"].read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    loaded = json.loads(text)
+    assert loaded["ais"]["step_100"]["gauc_gain_se"] is None and loaded["efficiency"]["truth"]["random"] is None
 
 
 def test_a_failed_write_leaves_the_previous_report_and_no_temporary(tmp_path):

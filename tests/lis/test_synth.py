@@ -179,7 +179,7 @@ def test_bad_config_is_a_config_error():
 def test_log_has_exposure_bias_sessions_and_cold_items(tiny_dir):
     catalogue = pd.read_parquet(tiny_dir / "catalogue.parquet")
     log = pd.read_parquet(tiny_dir / "log.parquet")
-    assert 0.05 <= log["label"].mean() <= 0.15
+    assert 0.2 <= log["label"].mean() <= 0.3
     counts = log["item_id"].value_counts().to_numpy()
     assert counts[: len(catalogue) // 10].sum() > 0.25 * len(log)  # top 10% of items: over a quarter of impressions
     assert not log.duplicated(["user_id", "item_id"]).any()  # the feed never re-shows an item
@@ -201,7 +201,23 @@ def test_true_tastes_separate_engaged_impressions(demo):
     auc = roc_auc_score(log["label"], (taste * latent).sum(axis=1))
     assert auc >= 0.7
     assert auc == pytest.approx(demo.meta["summary"]["truth_auc"], abs=1e-4)
-    assert 80_000 <= len(log) <= 120_000 and 0.05 <= log["label"].mean() <= 0.15
+    assert 80_000 <= len(log) <= 120_000 and 0.2 <= log["label"].mean() <= 0.3
+
+
+def test_sessions_are_a_feed_several_engagements_dwelling_on_one_interest(demo):
+    """A session shows about a dozen items and 2-4 of them are engaged; its engaged items share
+    a category far more often than two engagements of the same user in different sessions."""
+    log, catalogue = demo.log, demo.catalogue
+    sessions = log.groupby("session_id")["label"].agg(["size", "sum"])
+    assert 2.0 <= sessions["sum"].mean() <= 4.0 and sessions["size"].mean() >= 8
+    category = catalogue.set_index("item_id")["category"]
+    engaged = log[log["label"] == 1].assign(category=lambda d: category.reindex(d["item_id"]).to_numpy())
+    engaged = engaged.sort_values(["user_id", "timestamp"], kind="stable")
+    same_user = engaged["user_id"].to_numpy()[1:] == engaged["user_id"].to_numpy()[:-1]
+    same_session = engaged["session_id"].to_numpy()[1:] == engaged["session_id"].to_numpy()[:-1]
+    same_category = engaged["category"].to_numpy()[1:] == engaged["category"].to_numpy()[:-1]
+    within, across = same_category[same_user & same_session].mean(), same_category[same_user & ~same_session].mean()
+    assert within > 0.6 and within > across + 0.2, (within, across)
 
 
 def test_past_co_engagement_informs_the_future(demo):

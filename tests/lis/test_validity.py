@@ -21,7 +21,7 @@ from lis.builders import corrupt_pairs
 from lis.datadir import load_datadir
 from lis.embeddings import EmbeddingTable, load_embeddings
 from lis.evaluator import EvaluatorConfig, LISEvaluator
-from lis.metrics import paired_bootstrap
+from lis.bootstrap import paired_bootstrap
 from lis.synth import simulate
 
 pytestmark = pytest.mark.slow
