@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -287,7 +285,8 @@ def read_json(path: Path):
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished folder ``tmp`` onto ``final`` (the old ``final``, if any, is removed first)."""
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    """Put a finished folder ``tmp`` in place of ``final``: a reader sees the old or the new one whole
+    (swapped in one step, the old one deleted last; :func:`lis.atomic.replace_dir`)."""
+    from lis.atomic import replace_dir as swap
+
+    swap(tmp, final)

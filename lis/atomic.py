@@ -1,14 +1,26 @@
 """Writes that cannot be half-done: write ``name.tmp`` beside the target, fsync, rename.
 
 A reader that finds a file may trust it; a crash leaves at most a ``.tmp`` behind.
+
+Folders are replaced whole too (:func:`replace_dir`): the new folder is built beside the old
+one and the two are swapped in one step (Linux ``renameat2(RENAME_EXCHANGE)``), then the old
+one is deleted, so a reader sees the old or the new folder, never a mix or half of one.
+Where the exchange is not available the old folder is first renamed to ``name.old-XXXX``,
+the new one renamed in, and the old deleted last; a run killed between those two renames
+leaves ``name.old-XXXX``, which the next write of ``name`` puts back (:func:`recover`) before
+anything else. Leftover ``name.tmp`` folders of killed runs are deleted on the next write.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import glob
 import json
 import math
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -23,18 +35,88 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(final.name + ".tmp")
+    recover(final)
     _remove(tmp)
     try:
         yield tmp
         if tmp.is_file():
+            if final.is_dir():
+                from lis.errors import DataError
+
+                raise DataError(f"{final}: is a directory; give the path of a file to write.")
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
-        if final.is_dir() and tmp.is_dir():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+            os.replace(tmp, final)
+        elif tmp.is_dir() and final.is_dir():
+            replace_dir(tmp, final)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(final.parent)
     except BaseException:
         _remove(tmp)
         raise
+
+
+def replace_dir(new: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Put the finished folder ``new`` in place of ``final`` (which may not exist); see the module doc.
+
+    ``new`` must be on the same file system as ``final`` (build it beside, e.g. ``final.tmp``).
+    """
+    new, final = Path(new), Path(final)
+    recover(final)
+    if not final.exists():
+        os.replace(new, final)
+    elif _exchange(new, final):
+        _remove(new)  # it now holds the old folder
+    else:
+        old = final.with_name(f"{final.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(final, old)
+        os.replace(new, final)
+        _remove(old)
+    _fsync_dir(final.parent)
+
+
+def recover(final: str | os.PathLike) -> None:
+    """Undo what a killed :func:`replace_dir` left: put ``final.old-*`` back when ``final`` is
+    missing (killed between the two renames), else delete the stale old copies."""
+    final = Path(final)
+    for old in sorted(final.parent.glob(glob.escape(final.name) + ".old-*")):
+        if not final.exists() and old.is_dir():
+            os.replace(old, final)
+        else:
+            _remove(old)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2); False where the system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False  # kernel or file system without RENAME_EXCHANGE: fall back to two renames
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable (best effort: some file systems refuse fsync on a folder)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _remove(path: Path) -> None:
