@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from lis.errors import DataError, describe_value
+from lis.paths import inside, real
 from lis.schemas import load_catalogue, load_log
 
 TABLE_SUFFIXES = (".parquet", ".csv", ".jsonl", ".json", "")  # "" = a saved `datasets` folder
@@ -78,11 +79,20 @@ def find_table(directory: str | os.PathLike, stem: str) -> Path:
     raise DataError(f"{directory}: no {stem} table found (looked for {looked}).")
 
 
+def datadir_inputs(root: str | os.PathLike) -> list[Path]:
+    """What of data dir ``root`` a command reads (for :func:`lis.paths.check_output_file`): every
+    catalogue/log table variant present and ``images/``."""
+    root = Path(root)
+    found = [root / f"{stem}{suffix}" for stem in ("catalogue", "log") for suffix in TABLE_SUFFIXES]
+    return [path for path in found + [root / "images"] if path.exists()]
+
+
 def load_datadir(path: str | os.PathLike, check_images: bool = True) -> DataDir:
     """Load and validate ``path``: catalogue, log (items must be in the catalogue) and images.
 
-    Image paths must stay inside ``path`` (checked lexically, so a symlinked ``images/`` folder
-    is fine, but ``../x.png`` or an absolute path elsewhere is not). With ``check_images`` every
+    Image paths must stay inside ``path`` where they resolve, symlinks followed: ``../x.png``,
+    an absolute path elsewhere, a symlink in ``images/`` (or an ``images/`` folder) pointing
+    outside the directory are all refused, so a data dir is self-contained. With ``check_images`` every
     image must exist and pass ``PIL.Image.verify()`` (which checks the file's structure without
     decoding all pixels, so a truncated PNG body can slip through); without it, only the cheap
     path checks run.
@@ -111,10 +121,11 @@ def _check_images(root: Path, catalogue: pd.DataFrame, name: str, check_files: b
             source, shown = io.BytesIO(value), f"{len(value)} bytes"
         else:
             full = os.path.normpath(os.path.join(base, value))
-            if os.path.commonpath([base, full]) != base:
+            if not inside(full, base):
+                how = "" if os.path.commonpath([base, full]) != base else f" (a symlink to {real(full)})"
                 raise DataError(
                     f"{name}: column 'image' must point inside the data directory; {where} holds "
-                    f"{describe_value(value)}, which is outside {root}."
+                    f"{describe_value(value)}, which is outside {root}{how}."
                 )
             if not check_files:
                 continue
@@ -179,7 +190,7 @@ def _image_coverage(datadir: DataDir) -> float:
             usable += 1
         elif isinstance(value, str):
             full = os.path.normpath(os.path.join(base, value))
-            usable += os.path.commonpath([base, full]) == base and os.path.isfile(full)
+            usable += inside(full, base) and os.path.isfile(full)
     return usable / len(datadir.catalogue)
 
 

@@ -35,6 +35,7 @@ import pandas as pd
 from lis.atomic import atomic_path
 from lis.datadir import DataDir, image_error, summarize
 from lis.errors import ConfigError, DataError, describe_value
+from lis.paths import inside
 from lis.schemas import to_unix_seconds, validate_catalogue, validate_log
 from lis.tables import read_table
 
@@ -167,7 +168,8 @@ def import_interactions_csv(
     interaction row of each item. Left as None they default to columns named text, image and
     category when present (no text gives ""). ``label_col`` None means a column named "label"
     when present; ``rating_col`` turns ratings into labels instead (not both). Image paths are
-    relative to ``images_root`` (default: the folder of the table that holds them); timestamps
+    relative to ``images_root`` (default: the folder of the table that holds them) and must
+    resolve inside it, symlinks followed; timestamps
     may be unix seconds or ISO 8601 strings.
     """
     csv_path = Path(csv_path)
@@ -320,6 +322,9 @@ def _stage_images(catalogue: pd.DataFrame, name: str, root: Path) -> list[tuple[
             raise DataError(f"{name}: column 'image' of {where} holds the URL {describe_value(value)}; download images first.")
         if isinstance(value, str):
             source = root / value
+            if not inside(source, root):  # ../x, /abs/elsewhere, or a symlink out of the root
+                raise DataError(f"{name}: column 'image' of {where} holds {describe_value(value)}, which is outside "
+                                f"the images root {root} (--images-root); only images under it are imported.")
             if not source.is_file():
                 raise DataError(f"{name}: column 'image' of {where} holds {describe_value(value)}, but {source} does not exist.")
         else:

@@ -130,8 +130,22 @@ def _embeddings_summary(path: str, catalogue) -> dict:
             "catalogue_coverage": covered}
 
 
+def _check_import_args(args, inputs) -> None:
+    """Boundary checks of both importers: a finite threshold, and an --out that cannot replace an input."""
+    import math
+
+    from lis.errors import ConfigError
+    from lis.paths import check_output_dir
+
+    if not math.isfinite(args.rating_threshold):
+        raise ConfigError(f"--rating-threshold: must be a finite number; got {args.rating_threshold}.")
+    check_output_dir(args.out, "--out", [*inputs, args.images_root])
+
+
 def run_import_recbole(args) -> int:
     from lis.importers import import_recbole
+
+    _check_import_args(args, [args.inter, args.item])
 
     summary = import_recbole(
         args.inter, args.item, args.out, rating_threshold=args.rating_threshold,
@@ -147,6 +161,8 @@ def run_import_recbole(args) -> int:
 
 def run_import_csv(args) -> int:
     from lis.importers import import_interactions_csv
+
+    _check_import_args(args, [args.interactions, args.catalogue])
 
     summary = import_interactions_csv(
         args.interactions, args.out, user_col=args.user_col, item_col=args.item_col, time_col=args.time_col,

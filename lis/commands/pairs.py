@@ -59,7 +59,8 @@ def run_build(args) -> int:
     from lis.windows import split_windows
 
     if args.builder not in BUILDERS:
-        raise ConfigError(f"unknown builder {args.builder!r}; choose one of {', '.join(BUILDERS)}.")
+        raise ConfigError(f"--builder: unknown builder {args.builder!r}; choose one of {', '.join(BUILDERS)}.")
+    check_build_args(args)
     options = parse_options(args.option)
     if args.top_k is not None:
         options["top_k"] = args.top_k
@@ -87,6 +88,15 @@ def run_build(args) -> int:
     print(f"wrote {len(pairs)} pairs over {pairs['anchor_id'].nunique()} anchors "
           f"(builder {args.builder}, {args.window} window: {len(log_slice)} impressions) to {args.out}")
     return 0
+
+
+def check_build_args(args) -> None:
+    """An --out that is a file and no input, before any work (the builder checks its own
+    options, --top-k included; the windows check --eval-fraction)."""
+    from lis.datadir import datadir_inputs
+    from lis.paths import check_output_file
+
+    check_output_file(args.out, "--out", [*datadir_inputs(args.data), args.pairs_file])
 
 
 def parse_options(items: list[str]) -> dict:

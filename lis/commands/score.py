@@ -67,6 +67,7 @@ def register(subparsers) -> None:
 
 
 def run_score(args) -> int:
+    from lis.commands.checks import check_score_args, table_paths
     from lis.datadir import load_datadir
     from lis.evaluator import EvaluatorConfig, LISEvaluator
     from lis.report import render_markdown, write_report
@@ -74,6 +75,7 @@ def run_score(args) -> int:
     started = time.perf_counter()
     builders = args.builder or ["co_engagement"]
     options = parse_builder_options(args.builder_option, builders, args.pairs_file)
+    check_score_args(args, table_paths(args.embeddings), [opts.get("path") for opts in options.values()])
     tables = load_tables(args.embeddings)
     progress(f"loading {args.data}")
     data = load_datadir(args.data, check_images=False)

@@ -66,7 +66,7 @@ def test_other_table_formats_are_found(tmp_path, tables, png):
     assert len(load_datadir(root).log) == 8
 
 
-def test_symlinked_images_folder_is_inside_the_directory(tmp_path, tables, png):
+def test_symlinked_images_folder_pointing_outside_is_refused(tmp_path, tables, png):
     catalogue, log = tables
     store = tmp_path / "store"
     for k in range(4):
@@ -76,6 +76,19 @@ def test_symlinked_images_folder_is_inside_the_directory(tmp_path, tables, png):
     os.symlink(store, root / "images")
     catalogue.to_parquet(root / "catalogue.parquet")
     log.to_parquet(root / "log.parquet")
+    # Confined by where paths resolve (issue 15): a data dir is self-contained.
+    with pytest.raises(DataError, match=r"row 0 \(item 'i0'\).*outside .*a symlink to"):
+        load_datadir(root)
+    with pytest.raises(DataError, match="outside"):
+        load_datadir(root, check_images=False)
+
+
+def test_symlink_inside_the_directory_is_allowed(make_datadir, tables):
+    catalogue, log = tables
+    root = make_datadir(catalogue, log)
+    os.symlink(root / "images" / "i1.png", root / "images" / "alias.png")
+    catalogue["image"] = ["images/alias.png", "images/i1.png", "images/i2.png", "images/i3.png"]
+    catalogue.to_parquet(root / "catalogue.parquet", index=False)
     assert summarize(load_datadir(root))["image_coverage"] == 1.0
 
 
