@@ -159,12 +159,32 @@ def load_embeddings(path: str | os.PathLike, expected_dim: int | None = None) ->
         manifest = json.loads(metadata.get("manifest", "{}"))
     except json.JSONDecodeError as error:
         raise DataError(f"{name}: header field 'ids' or 'manifest' is not valid JSON ({error}).") from None
+    _check_header(ids, manifest, name)
     if not np.issubdtype(vectors.dtype, np.floating):
         raise DataError(f"{name}: tensor 'embeddings' must be float; got dtype {vectors.dtype}.")
     table = validate_table(EmbeddingTable(ids, vectors, manifest), name)
     if expected_dim is not None and table.dim != expected_dim:
         raise DataError(f"{name}: tensor 'embeddings' has dimension {table.dim}; expected {expected_dim}.")
     return table
+
+
+INTEGER_FIELDS = ("dim", "step", "trained_until")  # manifest fields that are whole numbers or null
+
+
+def _check_header(ids, manifest, name: str) -> None:
+    """The header's JSON has the shapes the rest of the code relies on: ``ids`` a list of
+    strings or integers, ``manifest`` an object whose ``dim``/``step``/``trained_until`` are integers or null."""
+    if not isinstance(ids, list):
+        raise DataError(f"{name}: header field 'ids' must be a JSON list of item ids; got {describe_value(ids)}.")
+    for row, item in enumerate(ids):
+        if not isinstance(item, (str, int)) or isinstance(item, bool):
+            raise DataError(f"{name}: header field 'ids' must hold strings; row {row} holds {describe_value(item)}.")
+    if not isinstance(manifest, dict):
+        raise DataError(f"{name}: header field 'manifest' must be a JSON object; got {describe_value(manifest)}.")
+    for key in INTEGER_FIELDS:
+        value = manifest.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise DataError(f"{name}: manifest field '{key}' must be an integer or null; got {describe_value(value)}.")
 
 
 def catalogue_hash(catalogue) -> str:
