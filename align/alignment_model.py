@@ -36,7 +36,8 @@ class AlignmentModel(nn.Module):
             items meet as negatives in a batch), or None. Kept as a plain attribute, not a
             buffer: it is data, not state, and DeepSpeed/DDP should not broadcast it.
 
-    ``items`` is one processor batch of 2B items, anchors first (:class:`align.collate.PairCollator`).
+    ``items`` is one processor batch of 2B (+M hard negative) items, anchors first, or ``chunks``
+    of it (:class:`align.collate.PairCollator`); ``negative_ids`` the M hard negatives' ids.
     Returns the loss's dict (``loss``, ``logit_scale``, ``accuracy``). Its state-dict layout is
     the one :func:`align.checkpoint.save_align_state` writes.
     """
@@ -47,11 +48,23 @@ class AlignmentModel(nn.Module):
         self.loss = loss
         self.known_pairs = known_pairs
 
-    def forward(self, anchor_ids, positive_ids, weights=None, **items):
+    def forward(self, anchor_ids=None, positive_ids=None, weights=None, negative_ids=None, chunks=None, pooled=None,
+                **items):
+        if anchor_ids is None:  # a chunk pass of the cached loss (align.cached_loss): pooled states only
+            return self.embedder.pooled(**items)
+        if chunks is None and pooled is None:
+            embeddings = self.embedder(**items)
+        else:  # items collated in chunks; ``pooled``: the cached states of all chunks before these
+            parts = ([pooled] if pooled is not None else []) + [self.embedder.pooled(**c) for c in chunks or ()]
+            embeddings = self.embedder.project(torch.cat(parts))
+        return self.contrast(embeddings, anchor_ids, positive_ids, weights, negative_ids)
+
+    def contrast(self, embeddings, anchor_ids, positive_ids, weights=None, negative_ids=None):
+        """The loss of embeddings laid out as the collator lays out items: B anchors, B positives, then negatives."""
         n = anchor_ids.shape[0]
-        embeddings = self.embedder(**items)
-        return self.loss(embeddings[:n], embeddings[n:], anchor_ids, positive_ids, weights,
-                         known_pairs=self.known_pairs)
+        negatives = embeddings[2 * n:] if negative_ids is not None else None
+        return self.loss(embeddings[:n], embeddings[n:2 * n], anchor_ids, positive_ids, weights,
+                         known_pairs=self.known_pairs, negative_emb=negatives, negative_ids=negative_ids)
 
 
 def build_alignment_model(recipe, base_model: str, pairs_rows=None):
@@ -76,7 +89,8 @@ def build_alignment_model(recipe, base_model: str, pairs_rows=None):
                             gradient_checkpointing=e.gradient_checkpointing)
     ls = recipe.loss
     loss = InfoNCELoss(init_scale=ls.logit_scale_init, learn_scale=ls.learn_temperature,
-                       gather_with_grad=ls.gather_with_grad, local_loss=ls.local_loss)
+                       gather_with_grad=ls.gather_with_grad, local_loss=ls.local_loss,
+                       matryoshka_dims=ls.matryoshka_dims)
     known = encode_pairs(*pairs_rows) if (ls.mask_known_pairs and pairs_rows is not None) else None
     model = AlignmentModel(embedder, loss, known_pairs=known)
     model.train()

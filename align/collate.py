@@ -193,25 +193,31 @@ def batcher_for_datadir(datadir, processor, family, **kwargs) -> ItemBatcher:
 
 # --- training pairs ----------------------------------------------------------------------------
 class PairDataset(Dataset):
-    """Preference pairs as catalogue row indices: ``__getitem__`` -> ``{"anchor", "positive", "weight"}``.
+    """Preference pairs as catalogue row indices: ``__getitem__`` -> ``{"anchor", "positive", "weight"}``
+    (+ ``"negatives"``, a list of hard-negative rows, when ``negatives`` is given).
 
     Rows (not ids) because the loss masks duplicates and known pairs by integer id, and the
-    item cache is indexed by row.
+    item cache is indexed by row. ``negatives``: (n_pairs, K) int rows, -1 for none.
     """
 
-    def __init__(self, anchors, positives, weights=None):
+    def __init__(self, anchors, positives, weights=None, negatives=None):
         self.anchors = torch.as_tensor(anchors, dtype=torch.int64)
         self.positives = torch.as_tensor(positives, dtype=torch.int64)
         self.weights = (torch.ones(len(self.anchors)) if weights is None
                         else torch.as_tensor(weights, dtype=torch.float32))
-        if not (len(self.anchors) == len(self.positives) == len(self.weights)):
-            raise ValueError("PairDataset: anchors, positives and weights must have the same length")
+        self.negatives = None if negatives is None else torch.as_tensor(negatives, dtype=torch.int64)
+        if not (len(self.anchors) == len(self.positives) == len(self.weights)) or (
+                self.negatives is not None and len(self.negatives) != len(self.anchors)):
+            raise ValueError("PairDataset: anchors, positives, weights and negatives must have the same length")
 
     def __len__(self) -> int:
         return len(self.anchors)
 
     def __getitem__(self, i) -> dict:
-        return {"anchor": int(self.anchors[i]), "positive": int(self.positives[i]), "weight": float(self.weights[i])}
+        row = {"anchor": int(self.anchors[i]), "positive": int(self.positives[i]), "weight": float(self.weights[i])}
+        if self.negatives is not None:
+            row["negatives"] = [int(r) for r in self.negatives[i] if r >= 0]
+        return row
 
 
 class BatcherSource:
@@ -232,20 +238,43 @@ class PairCollator:
         source: anything with ``collate(rows) -> dict of tensors`` (:class:`ItemCache`,
             :class:`BatcherSource`).
         use_weights: pass the pair weights to the loss (else every pair weighs 1).
+        hard_negatives: pass the pairs' hard negatives (``loss.hard_negatives``): the batch's
+            distinct negatives that are not one of its positives follow the positives, and
+            ``negative_ids`` (possibly empty, so every rank gathers) travels with them.
+        chunk_size: collate the items in ``chunks`` of this many (``loss.cache_chunk_size``, the
+            cached loss of :mod:`align.cached_loss`); 0 = one batch.
 
-    The item batch holds the B anchors first, then the B positives: the model splits the
-    embeddings at B; ``anchor_ids``/``positive_ids`` (rows) and ``weights`` travel with it.
+    The item batch holds the B anchors first, then the B positives (then the negatives): the
+    model splits the embeddings at B; ``anchor_ids``/``positive_ids`` (rows) and ``weights``
+    travel with it.
     """
 
-    def __init__(self, source, use_weights: bool = False):
+    def __init__(self, source, use_weights: bool = False, hard_negatives: bool = False, chunk_size: int = 0):
         self.source, self.use_weights = source, use_weights
+        self.hard_negatives, self.chunk_size = hard_negatives, chunk_size
 
     def __call__(self, features: list[dict]) -> dict:
         anchors = [f["anchor"] for f in features]
         positives = [f["positive"] for f in features]
-        batch = self.source.collate(anchors + positives)
+        rows = anchors + positives
+        negatives = []
+        if self.hard_negatives:
+            taken = set(positives)
+            for f in features:
+                for r in f.get("negatives", ()):
+                    if r not in taken:
+                        taken.add(r)
+                        negatives.append(r)
+            rows = rows + negatives
+        if self.chunk_size:
+            size = self.chunk_size
+            batch = {"chunks": [self.source.collate(rows[i:i + size]) for i in range(0, len(rows), size)]}
+        else:
+            batch = self.source.collate(rows)
         batch["anchor_ids"] = torch.tensor(anchors, dtype=torch.int64)
         batch["positive_ids"] = torch.tensor(positives, dtype=torch.int64)
+        if self.hard_negatives:
+            batch["negative_ids"] = torch.tensor(negatives, dtype=torch.int64)
         if self.use_weights:
             batch["weights"] = torch.tensor([f["weight"] for f in features], dtype=torch.float32)
         return batch

@@ -71,6 +71,14 @@ class LossConfig:
     local_loss: bool = False
     mask_known_pairs: bool = True
     use_pair_weights: bool = False
+    # Up to K impression hard negatives per pair: items shown to the same user near the anchor's
+    # engagement and not engaged (fit window only; lis.hard_negatives). 0 = off.
+    hard_negatives: int = 0
+    # GradCache: embed the batch in chunks of this many items (a contrastive batch larger than
+    # memory, with the same loss and gradient). 0 = off; needs gradient_accumulation_steps 1.
+    cache_chunk_size: int = 0
+    # Nested prefixes trained together (e.g. [128, 64, 32, 16]); each prefix re-normalised. None = off.
+    matryoshka_dims: list | None = None
 
 
 @dataclass
@@ -242,6 +250,7 @@ def _check(recipe: Recipe) -> None:
         raise ConfigError(f"{src}: field 'loss.logit_scale_init' must be at most 100 (the loss clamps the scale "
                           f"there); got {recipe.loss.logit_scale_init!r}.")
     _check_prompt(src, recipe.data.prompt)
+    _check_loss(src, recipe)
     if not 0.0 < recipe.data.eval_fraction < 1.0:
         raise ConfigError(f"{src}: field 'data.eval_fraction' must be in (0, 1); got {recipe.data.eval_fraction!r}.")
     if recipe.training.save_steps % recipe.training.eval_steps and recipe.lis.enabled:
@@ -260,3 +269,23 @@ def _check_prompt(src: str, prompt: str) -> None:
                           f"(write {{{{ for a brace); got {prompt!r} ({type(error).__name__}: {error}).") from None
     if "{image}" not in prompt or "{text}" not in prompt:
         raise ConfigError(f"{src}: field 'data.prompt' must contain {{image}} and {{text}}; got {prompt!r}.")
+
+
+def _check_loss(src: str, recipe: Recipe) -> None:
+    """``loss.hard_negatives``, ``loss.cache_chunk_size`` and ``loss.matryoshka_dims``."""
+    ls = recipe.loss
+    for name in ("hard_negatives", "cache_chunk_size"):
+        if getattr(ls, name) < 0:
+            raise ConfigError(f"{src}: field 'loss.{name}' must be 0 (off) or positive; got {getattr(ls, name)!r}.")
+    if ls.cache_chunk_size and recipe.training.gradient_accumulation_steps != 1:
+        raise ConfigError(f"{src}: field 'loss.cache_chunk_size' needs training.gradient_accumulation_steps: 1 (the "
+                          f"cached batch replaces accumulation); got {recipe.training.gradient_accumulation_steps!r}.")
+    if ls.matryoshka_dims is None:
+        return
+    # An override `loss.matryoshka_dims=64,32` arrives as strings.
+    dims = ls.matryoshka_dims = [int(d) if isinstance(d, str) and d.strip().isdigit() else d
+                                 for d in ls.matryoshka_dims]
+    bad = [d for d in dims if isinstance(d, bool) or not isinstance(d, int) or not 0 < d <= recipe.embedder.dim]
+    if not dims or bad or len(set(dims)) != len(dims):
+        raise ConfigError(f"{src}: field 'loss.matryoshka_dims' must be distinct integers in [1, embedder.dim="
+                          f"{recipe.embedder.dim}]; got {dims!r}.")

@@ -96,13 +96,20 @@ class ItemEmbedder(nn.Module):
 
     def forward(self, **batch) -> torch.Tensor:
         """Embed a processor batch (see :class:`align.collate.ItemBatcher`) -> ``(B, dim)``."""
+        return self.project(self.pooled(**batch))
+
+    def pooled(self, **batch) -> torch.Tensor:
+        """The pooled final hidden states ``(B, hidden)`` float32, before centring and head.
+
+        Per item: no batch statistics yet, so a batch may be pooled in chunks (the cached loss does).
+        """
         mask = batch.get("attention_mask")
         if mask is None:
             raise DataError("batch: 'attention_mask' is missing; build batches with align.collate.ItemBatcher.")
         outputs = self.backbone()(**batch, use_cache=False, return_dict=True)
-        # float32 before pooling: a bf16 sum over hundreds of positions loses digits.
-        pooled = pool(outputs.last_hidden_state.float(), mask, self.pooling)
-        return self.project(pooled)
+        # >= float32 before pooling: a bf16 sum over hundreds of positions loses digits.
+        hidden = outputs.last_hidden_state
+        return pool(hidden.to(torch.promote_types(hidden.dtype, torch.float32)), mask, self.pooling)
 
     def project(self, pooled: torch.Tensor) -> torch.Tensor:
         """Centring, head and normalisation of pooled hidden states ``(B, hidden)``."""

@@ -86,11 +86,17 @@ class InfoNCELoss(nn.Module):
             instead of N x N). Same loss mean and, with gather_with_grad, the same gradient.
         mask_duplicates: mask columns repeating the row's target item or the row's own item.
         normalize: L2-normalise the embeddings before the dot products (cosine similarity).
+        matryoshka_dims: e.g. ``[128, 64, 32, 16]``: the loss is the mean of the losses on these
+            nested prefixes of the embeddings (each prefix re-normalised); accuracy is the
+            largest's. None: the full embedding only.
 
     forward(anchor_emb (B, d), positive_emb (B, d), anchor_ids (B,) int64,
             positive_ids (B,) int64, weights (B,) float > 0 or None,
             known_pairs: None | ``encode_pairs`` keys (1-D int64) | (K, 2) ids | iterable of
-            (anchor, positive) tuples; anything but keys is encoded on every call)
+            (anchor, positive) tuples; anything but keys is encoded on every call),
+            negative_emb (M, d) and negative_ids (M,) int64 or None: hard negatives, extra
+            columns of every anchor row's logits (gathered from every rank like the positives;
+            masked like them where a duplicate or a known pair of the row's anchor)
     returns dict(loss: scalar with grad, logit_scale: detached scalar,
                  accuracy: detached scalar, the weighted fraction of rows of both directions
                  whose target beats every unmasked column, over the global batch).
@@ -102,7 +108,7 @@ class InfoNCELoss(nn.Module):
     DeepSpeed bf16 the ``log_scale`` parameter itself is held in bf16 for the forward (a step
     of about 0.4% in the scale); the logits are computed in float32 regardless.
 
-    Does not do: hard-negative mining, a learnable bias (SigLIP), or queues of past batches.
+    Does not do: hard-negative mining (see ``lis.hard_negatives``), a learnable bias (SigLIP), or queues of past batches.
     """
 
     def __init__(
@@ -114,6 +120,7 @@ class InfoNCELoss(nn.Module):
         local_loss: bool = True,
         mask_duplicates: bool = True,
         normalize: bool = True,
+        matryoshka_dims=None,
     ):
         super().__init__()
         if not 0 < init_scale <= max_scale:
@@ -126,13 +133,18 @@ class InfoNCELoss(nn.Module):
         self.local_loss = local_loss
         self.mask_duplicates = mask_duplicates
         self.normalize = normalize
+        dims = sorted({int(d) for d in matryoshka_dims or ()}, reverse=True)
+        if any(d <= 0 for d in dims):
+            raise ValueError(f"matryoshka_dims must be positive; got {list(matryoshka_dims)}")
+        self.matryoshka_dims = tuple(dims) or None
 
     @property
     def logit_scale(self) -> torch.Tensor:
         """The clamped scale exp(log_scale) used in forward."""
         return self.log_scale.exp().clamp(max=self.max_scale).reshape(())
 
-    def forward(self, anchor_emb, positive_emb, anchor_ids, positive_ids, weights=None, known_pairs=None):
+    def forward(self, anchor_emb, positive_emb, anchor_ids, positive_ids, weights=None, known_pairs=None,
+                negative_emb=None, negative_ids=None):
         b = anchor_emb.shape[0]
         if positive_emb.shape[0] != b or anchor_ids.shape != (b,) or positive_ids.shape != (b,):
             raise ValueError(
@@ -140,6 +152,9 @@ class InfoNCELoss(nn.Module):
                 f"{tuple(anchor_emb.shape)}, {tuple(positive_emb.shape)}, "
                 f"{tuple(anchor_ids.shape)}, {tuple(positive_ids.shape)}"
             )
+        if (negative_emb is None) != (negative_ids is None) or (
+                negative_emb is not None and negative_ids.shape != (negative_emb.shape[0],)):
+            raise ValueError("InfoNCELoss: negative_emb (M, d) and negative_ids (M,) go together")
         if weights is None:
             weights = anchor_emb.new_ones(b)
         # Weights stay in >= float32 even under bf16 training (they only scale rows).
@@ -147,6 +162,8 @@ class InfoNCELoss(nn.Module):
         if self.normalize:
             anchor_emb = F.normalize(anchor_emb, dim=-1)
             positive_emb = F.normalize(positive_emb, dim=-1)
+            if negative_emb is not None:
+                negative_emb = F.normalize(negative_emb, dim=-1)
 
         info = world_info()
         # Only embeddings need a device matching the backend; ids/weights follow them.
@@ -158,42 +175,63 @@ class InfoNCELoss(nn.Module):
         all_aid = all_gather_no_grad(anchor_ids.to(anchor_emb.device, torch.int64), sizes)
         all_pid = all_gather_no_grad(positive_ids.to(anchor_emb.device, torch.int64), sizes)
         all_w = all_gather_no_grad(weights, sizes)
+        # Hard negatives: extra anchor->positive columns, gathered from every rank like the positives.
+        all_n, col_ids = self._gather_negatives(negative_emb, negative_ids, info, all_pid)
 
         # Rows scored on this rank: its own slice (local_loss) or the whole global batch.
         rows = slice(start, start + b) if self.local_loss else slice(0, all_a.shape[0])
         # Logits in at least float32: a scale up to 100 on bf16 dot products loses the ranking.
         dtype = torch.promote_types(all_a.dtype, torch.float32)
         all_a, all_p, all_w = all_a.to(dtype), all_p.to(dtype), all_w.to(dtype)
+        columns_a2p = all_p if all_n is None else torch.cat([all_p, all_n.to(dtype)])
         scale = self.logit_scale.to(dtype)
-        logits_a2p = scale * all_a[rows] @ all_p.T  # (R, N): anchor row -> positive columns
-        logits_p2a = scale * all_p[rows] @ all_a.T  # (R, N): positive row -> anchor columns
         target = torch.arange(rows.start, rows.stop, device=all_a.device)
 
         # For p2a, row j is positive j and column i anchor i: the same tests with the two id
-        # lists swapped (the target of row j is anchor j).
-        mask_a2p = self._mask(all_aid, all_pid, rows, known_pairs)
+        # lists swapped (the target of row j is anchor j). Hard negatives are columns of a2p only.
+        mask_a2p = self._mask(all_aid, col_ids, rows, known_pairs)
         mask_p2a = self._mask(all_pid, all_aid, rows, known_pairs)
-        if mask_a2p is not None:
-            logits_a2p = logits_a2p.masked_fill(mask_a2p, float("-inf"))
-        if mask_p2a is not None:
-            logits_p2a = logits_p2a.masked_fill(mask_p2a, float("-inf"))
-
         w = all_w[rows]
-        ce = F.cross_entropy(logits_a2p, target, reduction="none") + F.cross_entropy(
-            logits_p2a, target, reduction="none"
-        )
         total_w = all_w.sum()
+        ce, hits = 0.0, None
+        for dim in self.matryoshka_dims or (None,):
+            a, p, c = _prefix(all_a, dim, self.normalize), _prefix(all_p, dim, self.normalize), \
+                _prefix(columns_a2p, dim, self.normalize)
+            logits_a2p = scale * a[rows] @ c.T  # (R, N [+ M]): anchor row -> positive (+ negative) columns
+            logits_p2a = scale * p[rows] @ a.T  # (R, N): positive row -> anchor columns
+            if mask_a2p is not None:
+                logits_a2p = logits_a2p.masked_fill(mask_a2p, float("-inf"))
+            if mask_p2a is not None:
+                logits_p2a = logits_p2a.masked_fill(mask_p2a, float("-inf"))
+            ce = ce + F.cross_entropy(logits_a2p, target, reduction="none") + F.cross_entropy(
+                logits_p2a, target, reduction="none")
+            if hits is None:  # accuracy at the full (largest) dimension
+                with torch.no_grad():
+                    hits = ((logits_a2p.argmax(1) == target).to(dtype) + (logits_p2a.argmax(1) == target).to(dtype))
+        n_dims = len(self.matryoshka_dims or (None,))
         # local_loss: W * this rank's share of the global sum, so the mean over ranks is L.
         factor = info.world_size if self.local_loss else 1
-        loss = factor * (w * ce).sum() / (2 * total_w)
+        loss = factor * (w * ce).sum() / (2 * total_w * n_dims)
 
         with torch.no_grad():
-            hits = (logits_a2p.argmax(1) == target).to(dtype) + (logits_p2a.argmax(1) == target).to(dtype)
             weighted_hits = (w * hits).sum().reshape(1)
             if self.local_loss:  # sum the other ranks' rows in too: accuracy of the global batch
                 weighted_hits = all_gather_no_grad(weighted_hits, [1] * info.world_size).sum()
             accuracy = weighted_hits.sum() / (2 * total_w)
         return {"loss": loss, "logit_scale": scale.detach(), "accuracy": accuracy}
+
+    def _gather_negatives(self, negative_emb, negative_ids, info, all_pid):
+        """``(all negatives or None, a2p column ids)``: every rank's hard negatives, in rank order."""
+        if negative_emb is None:
+            return None, all_pid
+        sizes = gather_sizes(negative_emb.shape[0], negative_emb.device)
+        if sum(sizes) == 0:
+            return None, all_pid
+        start = sum(sizes[: info.rank])
+        gather = all_gather_with_grad if self.gather_with_grad else _gather_keep_local(start)
+        all_n = gather(negative_emb, sizes)
+        all_nid = all_gather_no_grad(negative_ids.to(negative_emb.device, torch.int64), sizes)
+        return all_n, torch.cat([all_pid, all_nid])
 
     def _mask(self, row_ids_all, col_ids_all, rows: slice, known_pairs):
         """(R, N) bool: True where column j is not a negative for row i (never on the target).
@@ -221,6 +259,13 @@ class InfoNCELoss(nn.Module):
         local = torch.arange(mask.shape[0], device=mask.device)
         mask[local, local + rows.start] = False  # the target itself is never masked
         return mask
+
+
+def _prefix(emb: torch.Tensor, dim: int | None, normalize: bool) -> torch.Tensor:
+    """The first ``dim`` coordinates (re-normalised when the loss normalises); all of them for None."""
+    if dim is None or dim >= emb.shape[1]:
+        return emb
+    return F.normalize(emb[:, :dim], dim=-1) if normalize else emb[:, :dim]
 
 
 def _gather_keep_local(start: int):

@@ -42,7 +42,7 @@ from align.export import export_embeddings, export_manifest
 from align.item_cache import ItemCache
 from align.lis_callback import LISValidationCallback, write_lis_report
 from align.trainer import CheckpointInfo, build_trainer, resume_argument
-from align.training_data import TrainingData, pair_rows, prepare_data
+from align.training_data import TrainingData, negative_rows, pair_rows, prepare_data
 from lis.embeddings import save_embeddings
 from lis.evaluator import EvaluatorConfig, LISEvaluator
 from lis.errors import DataError
@@ -149,15 +149,20 @@ def prepare(recipe, callbacks=None, evaluator=None) -> PreparedRun:
         logger.warning("%d of %d item texts are longer than data.max_text_tokens=%d tokens and were truncated",
                        truncated, len(items), d.max_text_tokens)
 
+    negatives = negative_rows(data, recipe.loss.hard_negatives, seed=recipe.training.seed)
+
     def subset(rows):
-        return PairDataset(anchors[rows], positives[rows], weights[rows])
+        return PairDataset(anchors[rows], positives[rows], weights[rows],
+                           None if negatives is None else negatives[rows])
 
     # The exporter collates from the item cache when there is one, else runs the processor itself.
     lis_callback = (make_lis_callback(recipe, data, source if d.item_cache else batcher, items, evaluator)
                     if recipe.lis.enabled else None)
     info = CheckpointInfo(batcher=batcher_settings(batcher), trained_until=data.trained_until, base_model=base_model)
     trainer = build_trainer(recipe, model, subset(data.train_rows), subset(data.eval_rows),
-                            PairCollator(source, use_weights=recipe.loss.use_pair_weights), processor=processor,
+                            PairCollator(source, use_weights=recipe.loss.use_pair_weights,
+                                         hard_negatives=negatives is not None,
+                                         chunk_size=recipe.loss.cache_chunk_size), processor=processor,
                             callbacks=([lis_callback] if lis_callback else []) + list(callbacks or []),
                             checkpoint_info=info)
     return PreparedRun(recipe, data, trainer, batcher, items, lis_callback, base_model, base_model_id, family,

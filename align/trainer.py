@@ -20,6 +20,7 @@ import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 from transformers.trainer import TRAINING_ARGS_NAME
 
+from align.cached_loss import cached_forward
 from align.checkpoint import last_good_checkpoint, load_align_state, save_align_state, write_embedder_config
 from align.distributed import is_distributed
 from lis.errors import DataError
@@ -83,7 +84,8 @@ class AlignTrainer(Trainer):
         self._eval_accuracy = []
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs)
+        # Items collated in chunks (loss.cache_chunk_size): the cached loss backpropagates all chunks but the last.
+        outputs = cached_forward(model, inputs) if "chunks" in inputs else model(**inputs)
         loss = outputs["loss"]
         if self.inject_nan_at_step is not None and self.state.global_step + 1 == self.inject_nan_at_step:
             loss = loss * float("nan")

@@ -89,3 +89,33 @@ def pair_rows(data: TrainingData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     anchors = data.pairs["anchor_id"].map(row_of).to_numpy()
     positives = data.pairs["positive_id"].map(row_of).to_numpy()
     return anchors, positives, data.pairs["weight"].to_numpy(dtype=np.float32)
+
+
+def negative_rows(data: TrainingData, k: int, seed: int = 0) -> np.ndarray | None:
+    """``(n_pairs, k)`` catalogue rows of each pair's impression hard negatives (-1 = none), or None for k = 0.
+
+    A pairs file's ``hard_negative_ids`` column is used as given (cut to ``k``; ids not in the
+    catalogue are a DataError); otherwise they are mined from the fit window
+    (:func:`lis.hard_negatives.mine_hard_negatives`) and kept in ``data.pairs``.
+    """
+    from lis.hard_negatives import HARD_NEGATIVES_COLUMN, mine_hard_negatives
+
+    if not k:
+        return None
+    pairs = data.pairs
+    if HARD_NEGATIVES_COLUMN not in pairs.columns:
+        fit = data.windows.slice(data.datadir.log, "fit")
+        pairs[HARD_NEGATIVES_COLUMN] = mine_hard_negatives(fit, pairs, k, seed=seed)
+    row_of = {item: row for row, item in enumerate(data.datadir.catalogue["item_id"])}
+    rows = np.full((len(pairs), k), -1, dtype=np.int64)
+    for i, negatives in enumerate(pairs[HARD_NEGATIVES_COLUMN]):
+        negatives = [] if negatives is None else list(negatives)[:k]
+        for j, item in enumerate(negatives):
+            if str(item) not in row_of:
+                raise DataError(f"{data.source}: column '{HARD_NEGATIVES_COLUMN}' of pair {i} names item {item!r}, "
+                                "which is not in the catalogue.")
+            rows[i, j] = row_of[str(item)]
+    found = int((rows >= 0).any(axis=1).sum())
+    logger.info("hard negatives: %d of %d pairs have some (up to %d each, %.1f on average)", found, len(pairs), k,
+                float((rows >= 0).sum(axis=1).mean()))
+    return rows
