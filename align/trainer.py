@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
-from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer import SCHEDULER_NAME, TRAINING_ARGS_NAME
 
 from align.cached_loss import cached_forward
 from align.checkpoint import last_good_checkpoint, load_align_state, save_align_state, write_embedder_config
@@ -58,7 +58,11 @@ class AlignTrainer(Trainer):
           names the last checkpoint whose weights are finite.
         * Checkpoints in the format of :mod:`align.checkpoint`: PEFT adapter + head +
           temperature (+ ``lis_align.json`` from ``checkpoint_info``); resume (``train(resume_from_checkpoint=...)``) and ``load_best_model_at_end``
-          read them back. Under DeepSpeed, Trainer's engine files drive both instead.
+          read them back. Under DeepSpeed, the engine files (``global_stepN/``) drive both
+          instead, and they hold only what trains: the trainable parameters, their optimizer
+          state and the run state, never the frozen base weights (Trainer excludes those only
+          for a bare ``PeftModel``; ours is wrapped in the embedder). Resume loads them with
+          every trainable parameter required and the frozen ones taken from the base model.
 
     Extra args:
         checkpoint_info: a :class:`CheckpointInfo` written as ``lis_align.json`` into every
@@ -68,9 +72,10 @@ class AlignTrainer(Trainer):
     Limits:
         * The guard costs one host sync (and, distributed, one scalar all-reduce) per
           micro-step.
-        * Under DeepSpeed the engine checkpoint also holds the frozen base weights (the
-          model is not a ``PeftModel`` to Trainer, so it does not exclude them): budget
-          disk for ``save_total_limit`` copies of the backbone.
+        * Under DeepSpeed a resumed run must load the same base model (frozen weights are not
+          in the checkpoint to compare against).
+        * Under ZeRO-3, saving the adapter still gathers every layer's full weights on rank 0
+          (Trainer's ``save_model``), one layer at a time.
     """
 
     def __init__(self, *args, checkpoint_info: CheckpointInfo | None = None, inject_nan_at_step: int | None = None,
@@ -156,12 +161,59 @@ class AlignTrainer(Trainer):
         load_align_state(self.accelerator.unwrap_model(model if model is not None else self.model),
                          resume_from_checkpoint)
 
+    # --- DeepSpeed engine checkpoints: trainable state only ----------------------------------
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if not self.is_deepspeed_enabled:
+            return super()._save_optimizer_and_scheduler(output_dir)
+        # What Trainer does under DeepSpeed, with the frozen weights left out (a collective).
+        self.model_wrapped.save_checkpoint(output_dir, exclude_frozen_parameters=True)
+        from accelerate.utils import DeepSpeedSchedulerWrapper
+
+        if self.args.should_save and not isinstance(self.lr_scheduler, DeepSpeedSchedulerWrapper):
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
+
+    def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
+        if not (self.is_deepspeed_enabled and resume_from_checkpoint is not None):
+            return super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
+        # Trainer would load the engine checkpoint strictly (frozen weights required); the rest
+        # of its resume (optimizer/scheduler/scaler files, trainer state, data skip) is unchanged.
+        model, train_dataloader = super()._prepare_for_training(max_steps, train_dataloader, None)
+        load_trainable_engine_state(self.model_wrapped, resume_from_checkpoint)
+        self._load_optimizer_and_scheduler(resume_from_checkpoint)
+        self._load_scaler(resume_from_checkpoint)
+        return model, train_dataloader
+
     def _load_best_model(self) -> None:
         if self.is_deepspeed_enabled:
-            return super()._load_best_model()
+            logger.info("loading the best checkpoint %s (%s = %s)", self.state.best_model_checkpoint,
+                        self.args.metric_for_best_model, self.state.best_metric)
+            return load_trainable_engine_state(self.model_wrapped, self.state.best_model_checkpoint)
         logger.info("loading the best checkpoint %s (%s = %s)", self.state.best_model_checkpoint,
                     self.args.metric_for_best_model, self.state.best_metric)
         load_align_state(self.accelerator.unwrap_model(self.model), self.state.best_model_checkpoint)
+
+
+def load_trainable_engine_state(engine, checkpoint) -> None:
+    """Load a DeepSpeed checkpoint written without frozen weights into ``engine`` (every rank).
+
+    Every trainable parameter must be in the checkpoint's module state and nothing unknown may
+    be (a DataError names the checkpoint and a key otherwise); frozen parameters keep the base
+    model's values. Optimizer and scheduler states are loaded too: under ZeRO they carry the
+    fp32 master weights that the trainable parameters are restored from.
+    """
+    def load_trainable(src, dst):
+        result = dst.load_state_dict(src, strict=False)
+        trainable = {name for name, p in dst.named_parameters() if p.requires_grad}
+        missing = [k for k in result.missing_keys if k in trainable]
+        if missing or result.unexpected_keys:
+            what = (f"lacks the trainable parameter {missing[0]!r}" if missing
+                    else f"holds {result.unexpected_keys[0]!r}, which this model does not have")
+            raise DataError(f"{checkpoint}: the DeepSpeed checkpoint {what}; was it written for this recipe?")
+
+    loaded, _ = engine.load_checkpoint(str(checkpoint), load_module_strict=False, load_optimizer_states=True,
+                                       load_lr_scheduler_states=True, custom_load_fn=load_trainable)
+    if loaded is None:
+        raise DataError(f"{checkpoint}: no DeepSpeed checkpoint (global_stepN/ and 'latest') to resume from.")
 
 
 # --- recipe -> trainer ---------------------------------------------------------------------
