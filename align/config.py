@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -154,9 +155,12 @@ def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] = ()
         if not Path(path).is_file():
             raise ConfigError(f"{source}: recipe file not found.")
         try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{source}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+                              f"{error.start}); a recipe is a UTF-8 YAML file.") from None
         except yaml.YAMLError as error:
-            raise ConfigError(f"{source}: not valid YAML ({error}).") from None
+            raise ConfigError(f"{source}: not valid YAML ({_yaml_problem(error)}).") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: a recipe is a mapping of sections; got {type(raw).__name__}.")
     raw = copy.deepcopy(raw)
@@ -173,7 +177,21 @@ def _parse_override(source: str, text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"{source}: override {text!r} must look like section.field=value (e.g. training.max_steps=50).")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value) if value.strip() else None
+    if not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ConfigError(f"{source}: override {text!r} must look like section.field=value (e.g. training.max_steps=50).")
+    try:
+        return key.strip(), yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({_yaml_problem(error)}); "
+                          "quote it to pass a string.") from None
+
+
+def _yaml_problem(error) -> str:
+    """PyYAML's reason in one line: what went wrong and where (its str() spans several lines)."""
+    problem = getattr(error, "problem", None) or getattr(error, "context", None)
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem or type(error).__name__}{where}"
 
 
 def _set_dotted(raw: dict, key: str, value) -> None:
@@ -182,7 +200,7 @@ def _set_dotted(raw: dict, key: str, value) -> None:
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {key!r}: {part!r} is a value, not a section.")
+            raise ConfigError(f"override {key!r}: {part!r} is a value, not a section; got {node!r}.")
     node[parts[-1]] = value
 
 
@@ -235,6 +253,7 @@ def _check(recipe: Recipe) -> None:
         value = getattr(getattr(recipe, section), name)
         if value not in options:
             raise ConfigError(f"{src}: field '{dotted}' must be one of {', '.join(options)}; got {value!r}.")
+    _check_ranges(src, recipe)
     positive = {
         "embedder.dim": recipe.embedder.dim, "lora.r": recipe.lora.r, "training.max_steps": recipe.training.max_steps,
         "training.per_device_train_batch_size": recipe.training.per_device_train_batch_size,
@@ -289,3 +308,49 @@ def _check_loss(src: str, recipe: Recipe) -> None:
     if not dims or bad or len(set(dims)) != len(dims):
         raise ConfigError(f"{src}: field 'loss.matryoshka_dims' must be distinct integers in [1, embedder.dim="
                           f"{recipe.embedder.dim}]; got {dims!r}.")
+
+
+# transformers.SchedulerType's values (5.x), listed so reading a recipe does not import torch;
+# tests/align/test_bad_input.py checks the list against the installed transformers.
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+              "warmup_stable_decay", "greedy")
+
+
+def _check_ranges(src: str, recipe: Recipe) -> None:
+    """Numbers a run divides by, counts, shares, and names resolved later (builders, schedulers):
+    refused here with the field and the value, not as a traceback minutes into training."""
+    from lis.builders import BUILDERS
+
+    t, d, lis = recipe.training, recipe.data, recipe.lis
+    at_least = {  # field: (value, least allowed); None values mean "default" and are skipped
+        "training.gradient_accumulation_steps": (t.gradient_accumulation_steps, 1),
+        "training.logging_steps": (t.logging_steps, 1), "training.warmup_steps": (t.warmup_steps, 0),
+        "training.save_total_limit": (t.save_total_limit, 1), "training.dataloader_num_workers": (t.dataloader_num_workers, 0),
+        "training.cpu_threads": (t.cpu_threads, 1), "training.per_device_eval_batch_size": (t.per_device_eval_batch_size, 1),
+        "training.export_batch_size": (t.export_batch_size, 1), "training.seed": (t.seed, 0),
+        "training.inject_nan_at_step": (t.inject_nan_at_step, 1),
+        "lora.alpha": (recipe.lora.alpha, 1), "data.top_k": (d.top_k, 1), "data.max_text_tokens": (d.max_text_tokens, 1),
+        "data.image_size": (d.image_size, 1), "data.max_holdout_pairs": (d.max_holdout_pairs, 0),
+        "lis.n_bootstrap": (lis.n_bootstrap, 10), "lis.early_stopping_patience": (lis.early_stopping_patience, 1),
+        "lis.max_eval_items": (lis.max_eval_items, 1),
+    }
+    for name, (value, least) in at_least.items():
+        if value is not None and value < least:
+            raise ConfigError(f"{src}: field '{name}' must be at least {least}; got {value!r}.")
+    for name, value in {"training.learning_rate": t.learning_rate, "training.weight_decay": t.weight_decay,
+                        "training.max_grad_norm": t.max_grad_norm, "lis.early_stopping_min_delta": lis.early_stopping_min_delta,
+                        "loss.logit_scale_init": recipe.loss.logit_scale_init}.items():
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"{src}: field '{name}' must be a finite number >= 0; got {value!r}.")
+    if not 0.0 <= recipe.lora.dropout < 1.0:
+        raise ConfigError(f"{src}: field 'lora.dropout' must be in [0, 1); got {recipe.lora.dropout!r}.")
+    for name, value in (("data.builder", d.builder), ("lis.builder", lis.builder)):
+        if value is not None and value not in BUILDERS:
+            raise ConfigError(f"{src}: field '{name}' must be one of {', '.join(BUILDERS)}; got {value!r}.")
+    if t.lr_scheduler_type not in SCHEDULERS:
+        raise ConfigError(f"{src}: field 'training.lr_scheduler_type' must be one of {', '.join(SCHEDULERS)}; "
+                          f"got {t.lr_scheduler_type!r}.")
+    if t.resume_from_checkpoint not in (None, "", "none", "last", "latest") and not Path(t.resume_from_checkpoint).is_dir():
+        raise ConfigError(f"{src}: field 'training.resume_from_checkpoint' must be 'last' or a checkpoint folder; "
+                          f"got {t.resume_from_checkpoint!r}, which is not a folder.")
