@@ -159,6 +159,20 @@ def last_good_checkpoint(output_dir) -> Path | None:
     return next((p for p in found if adapter_is_finite(p)), None)
 
 
+TRAINER_STATE = "trainer_state.json"  # Trainer writes it last into a checkpoint: its presence marks a whole one
+
+
+def last_complete_checkpoint(output_dir) -> Path | None:
+    """The newest ``checkpoint-N`` under ``output_dir`` that a killed run finished writing
+    (``trainer_state.json`` present, adapter and head readable and finite); None when there is none.
+
+    Trainer writes a checkpoint in place, so a run killed while saving leaves a partial newest
+    folder; resuming with ``training.resume_from_checkpoint: last`` starts from this one instead."""
+    found = sorted((p for p in Path(output_dir).glob(CHECKPOINT_PREFIX + "*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    return next((p for p in found if (p / TRAINER_STATE).is_file() and adapter_is_finite(p)), None)
+
+
 def adapter_hash(adapter_dir) -> str | None:
     """First 16 hex digits of the sha256 of ``adapter_model.safetensors``; None without an adapter."""
     if adapter_dir is None:

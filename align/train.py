@@ -191,7 +191,8 @@ def make_lis_callback(recipe, data: TrainingData, source, items: list[dict], eva
 # --- 2. fit ---------------------------------------------------------------------------------
 def fit(run: PreparedRun):
     """``Trainer.train`` (resumed as ``training.resume_from_checkpoint`` says); returns its ``TrainOutput``."""
-    return run.trainer.train(resume_from_checkpoint=resume_argument(run.recipe.training.resume_from_checkpoint))
+    training = run.recipe.training
+    return run.trainer.train(resume_from_checkpoint=resume_argument(training.resume_from_checkpoint, training.output_dir))
 
 
 def seconds_per_step(output) -> float | None:

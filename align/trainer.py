@@ -21,7 +21,8 @@ from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 from transformers.trainer import SCHEDULER_NAME, TRAINING_ARGS_NAME
 
 from align.cached_loss import cached_forward
-from align.checkpoint import last_good_checkpoint, load_align_state, save_align_state, write_embedder_config
+from align.checkpoint import (last_complete_checkpoint, last_good_checkpoint, load_align_state, save_align_state,
+                              write_embedder_config)
 from align.distributed import is_distributed
 from lis.errors import DataError
 
@@ -299,12 +300,20 @@ def build_trainer(recipe, model, train_dataset, eval_dataset, collator, processo
     )
 
 
-def resume_argument(value: str | None):
-    """``training.resume_from_checkpoint`` -> Trainer's argument: ``last`` -> True (newest in output_dir)."""
+def resume_argument(value: str | None, output_dir=None):
+    """``training.resume_from_checkpoint`` -> Trainer's argument: ``last`` -> the newest *complete*
+    checkpoint in ``output_dir`` (a run killed while saving leaves a partial newest one; see
+    :func:`align.checkpoint.last_complete_checkpoint`); a DataError when there is none."""
     if value in (None, "", "none"):
         return None
     if value in ("last", "latest", True):
-        return True
+        if output_dir is None:
+            return True
+        found = last_complete_checkpoint(output_dir)
+        if found is None:
+            raise DataError(f"training.resume_from_checkpoint: {value!r} but {output_dir} holds no complete "
+                            "checkpoint-N folder to resume from; drop the field to start afresh.")
+        return str(found)
     if not Path(value).is_dir():
         raise DataError(f"training.resume_from_checkpoint: {value} is not a checkpoint directory.")
     return str(value)
