@@ -196,8 +196,7 @@ def publish(run_dir, repo_id: str, private: bool = False, dry_run: bool = False,
     "private", "url"}`` (``url`` is the commit URL, None for a dry run). Nothing is uploaded when
     verification fails. A missing token is checked first, before any expensive work.
     """
-    if not repo_id or repo_id.count("/") > 1:
-        raise DataError(f"--repo-id: expected 'name' or 'namespace/name'; got {repo_id!r}.")
+    check_publish_args(repo_id, n_probe=n_probe, min_cosine=min_cosine, dry_run=dry_run, endpoint=endpoint)
     secret = None if dry_run else resolve_token(token)
     folder = assemble(run_dir, repo_id=repo_id)
     checked = verify(folder, run_dir, n_probe=n_probe, min_cosine=min_cosine)
@@ -209,15 +208,49 @@ def publish(run_dir, repo_id: str, private: bool = False, dry_run: bool = False,
     return summary
 
 
+OFFLINE_VALUES = ("1", "on", "yes", "true")
+
+
+def check_publish_args(repo_id: str, *, n_probe: int = 32, min_cosine: float = MIN_COSINE, dry_run: bool = False,
+                       endpoint: str | None = None) -> None:
+    """Refuse, before any work, what would publish wrongly or fail late: a repo id the Hub rejects
+    (it would land in the card), a probe of no items or a cosine bar that checks nothing, an
+    upload while ``HF_HUB_OFFLINE`` is set, an endpoint that is not an http(s) URL."""
+    import math
+    import os
+
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        reason = first_line(error).split(":")[0]
+        raise DataError(f"--repo-id: {reason}; got {repo_id!r} (expected 'name' or 'namespace/name').") from None
+    if n_probe < 1:
+        raise DataError(f"--n-probe: must be a positive integer (items re-embedded to verify); got {n_probe}.")
+    if not (math.isfinite(min_cosine) and 0.0 < min_cosine <= 1.0):
+        raise DataError(f"--min-cosine: must be in (0, 1] (a lower bar would let a broken folder through); "
+                        f"got {min_cosine}.")
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise DataError(f"--endpoint: must be an http:// or https:// URL; got {endpoint!r}.")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
+    if not dry_run and offline in OFFLINE_VALUES:
+        raise DataError(f"HF_HUB_OFFLINE is {os.environ['HF_HUB_OFFLINE']!r}: uploading needs the network; unset it "
+                        "or pass --dry-run to assemble and verify only.")
+
+
 def _upload(folder: Path, repo_id: str, private: bool, token: str, endpoint: str | None) -> str:
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     api = HfApi(endpoint=endpoint, token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
                                  commit_message="Upload adapter with lis-align")
+    except OfflineModeIsEnabled:
+        raise DataError("HF_HUB_OFFLINE is set: uploading needs the network; unset it or pass --dry-run.") from None
     except HfHubHTTPError as error:
         status = getattr(error.response, "status_code", "?")
         raise DataError(f"{repo_id}: the Hub refused the upload (HTTP {status}): {first_line(error)}") from None
