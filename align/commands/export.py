@@ -34,7 +34,8 @@ def register(subparsers) -> None:
     parser.add_argument("--ids-file", default=None,
                         help="text file with one item id per line (blank lines and #-comments ignored); "
                              "default: every catalogue item, in catalogue order")
-    parser.add_argument("--dtype", default=None, help="auto, bf16, fp16 or fp32 (default: the checkpoint's)")
+    parser.add_argument("--dtype", default=None, choices=("auto", "bf16", "fp16", "fp32", "bfloat16", "float16", "float32"),
+                        help="auto, bf16, fp16 or fp32 (default: the checkpoint's)")
     parser.add_argument("--trained-until", type=int, default=None,
                         help="manifest 'trained_until' (unix seconds) when the adapter folder does not say it")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -46,6 +47,7 @@ def run_export(args) -> int:
 
     if args.batch_size <= 0:
         raise DataError(f"--batch-size: must be a positive integer; got {args.batch_size}.")
+    check_export_paths(args)
     _init_distributed()
     import torch.distributed as dist
 
@@ -83,6 +85,16 @@ def run_export(args) -> int:
     return 0
 
 
+def check_export_paths(args) -> None:
+    """--out is a file, and none of the inputs (data tables and images, the model and adapter
+    folders, the ids file) -- checked where paths resolve, before any model is loaded."""
+    from lis.datadir import datadir_inputs
+    from lis.paths import check_output_file
+
+    folders = [path for path in (args.model, args.adapter) if path is not None and Path(path).is_dir()]
+    check_output_file(args.out, "--out", [*datadir_inputs(args.data), *folders, args.ids_file])
+
+
 def read_ids_file(path, known=None) -> list[str]:
     """Item ids, one a line; blank lines and ``#`` comments skipped.
 
@@ -95,7 +107,12 @@ def read_ids_file(path, known=None) -> list[str]:
     if not path.is_file():
         raise DataError(f"{path}: ids file not found.")
     ids, seen = [], {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path.name}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); "
+                        "an ids file holds one item id per line.") from None
+    for number, line in enumerate(text.splitlines(), start=1):
         item = line.split("#", 1)[0].strip()
         if not item:
             continue

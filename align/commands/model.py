@@ -23,6 +23,9 @@ def register(subparsers) -> None:
 
 def run_tiny(args) -> int:
     from align.models.tiny import build_tiny_vlm, count_parameters
+    from lis.paths import check_output_dir
+
+    check_output_dir(args.out, "--out", [args.catalogue])
 
     model, _ = build_tiny_vlm(args.family, args.out, catalogue=args.catalogue, vocab_size=args.vocab_size,
                               image_size=args.image_size, seed=args.seed)
