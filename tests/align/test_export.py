@@ -192,7 +192,7 @@ def test_written_file_loads_with_the_manifest_of_the_data_contract(trained, item
     digest = hashlib.sha256((best / "adapter_model.safetensors").read_bytes()).hexdigest()[:16]
     assert loaded.manifest == {"model": str(model_dir), "adapter_hash": digest, "step": 40, "dim": 32,
                                "catalogue_hash": catalogue_hash(catalogue), "source": "export",
-                               "trained_until": EVAL_START - 1}
+                               "trained_until": EVAL_START - 1, "builder": None, "builder_options": None}
     assert [p.name for p in tmp_path.iterdir()] == ["emb.safetensors"]  # no .tmp left behind
 
 
