@@ -40,12 +40,13 @@ from align.config import load_recipe
 from align.distributed import launch_rank
 from align.export import export_embeddings, export_manifest
 from align.item_cache import ItemCache
+from align.launcher import die_with_parent
 from align.lis_callback import LISValidationCallback, write_lis_report
 from align.trainer import CheckpointInfo, build_trainer, resume_argument
 from align.training_data import TrainingData, negative_rows, pair_rows, prepare_data
 from lis.embeddings import save_embeddings
 from lis.evaluator import EvaluatorConfig, LISEvaluator
-from lis.errors import DataError
+from lis.errors import DataError, one_line
 
 # Named, not __name__: `python -m align.train` runs this module as __main__.
 logger = logging.getLogger("align.train")
@@ -80,13 +81,14 @@ def main(argv=None) -> int:
     parser.add_argument("recipe", help="recipe YAML (see recipes/configs/)")
     parser.add_argument("overrides", nargs="*", help="section.field=value overrides, e.g. training.max_steps=50")
     args = parser.parse_args(argv)
+    die_with_parent()  # under a launcher: never outlive it (align/launcher.py)
     rank = launch_rank()
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
     try:
         result = run_training(load_recipe(args.recipe, args.overrides))
     except DataError as error:
-        print(f"lis-align train: {error}", file=sys.stderr, flush=True)
+        print(f"lis-align train: {one_line(str(error))}", file=sys.stderr, flush=True)
         return 2
     if rank == 0:
         shown = {k: v for k, v in result.items() if k not in LIVE_OBJECTS}
@@ -113,6 +115,7 @@ def run_training(recipe, callbacks=None, evaluator=None) -> dict:
     :class:`align.trainer.TrainingDivergedError` for a NaN/inf loss.
     """
     _set_cpu_threads(recipe.training.cpu_threads)
+    resume_argument(recipe.training.resume_from_checkpoint, recipe.training.output_dir)  # fail before the slow part
     run = prepare(recipe, callbacks, evaluator)
     output = fit(run)
     best = finalise_best(run, output)

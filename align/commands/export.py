@@ -139,6 +139,9 @@ def _init_distributed() -> None:
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return
+    from align.launcher import die_with_parent
+
+    die_with_parent()  # a worker never outlives the launcher that started it
     import torch
     from accelerate import PartialState
 

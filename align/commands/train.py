@@ -12,7 +12,6 @@ Several machines: run the same command on each, adding ``--num-machines M --mach
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -81,10 +80,13 @@ def run_train(args) -> int:
         return main([args.recipe, *args.overrides])
     cmd = launch_command(args.recipe, args.overrides, args.accelerate_config, args.num_processes,
                          **{name: getattr(args, name) for name in MACHINE_FLAGS})
+    from align.launcher import check_before_launch, launch
+
+    check_before_launch(args.recipe, args.overrides)
     print("lis-align train: " + " ".join(cmd[1:]), file=sys.stderr, flush=True)
     env = dict(os.environ)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return subprocess.call(cmd, env=env)
+    return launch(cmd, env)  # the workers die with this process (align/launcher.py)
 
 
 def _check_machines(machines: dict) -> None:
