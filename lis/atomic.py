@@ -138,8 +138,12 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
     """Strict JSON: NaN and infinities become ``null`` (JSON has no NaN), numpy values plain numbers."""
-    text = json.dumps(strict_json(obj), indent=indent, sort_keys=False, allow_nan=False, default=_json_default)
-    write_text(path, text + "\n")
+    write_text(path, json_text(obj, indent))
+
+
+def json_text(obj, indent: int = 2) -> str:
+    """The text :func:`write_json` writes (so a caller can serialise first and write later)."""
+    return json.dumps(strict_json(obj), indent=indent, sort_keys=False, allow_nan=False, default=_json_default) + "\n"
 
 
 def strict_json(obj):

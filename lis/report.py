@@ -1,23 +1,46 @@
 """The evaluator's report: ``report.json`` (machine), ``report.md`` (a table a person reads) and
 ``report.png`` (gains with 95% intervals; AIS of each table against each builder's LIS ceiling).
 
-All three are written atomically. The JSON layout is documented in the README ("report.json").
+All three are written atomically, and together: everything is rendered in memory first (a
+report that cannot be written changes nothing), the ``.md`` and ``.png`` are written, and
+``report.json`` last, as the manifest of the three: its ``files`` field names the ``.md`` and
+``.png`` with their sha256. So a ``report.json`` never sits beside the files of another run
+unnoticed: a run killed between the writes leaves the previous JSON, whose hashes no longer
+match (:func:`report_is_whole` says so). The JSON layout is documented in the README ("report.json").
 """
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 from pathlib import Path
 
-from lis.atomic import atomic_path, write_json, write_text
+from lis.atomic import json_text, write_bytes
 
 
 def write_report(report: dict, json_path: str | Path) -> dict[str, Path]:
-    """Write ``report`` as JSON plus ``.md`` and ``.png`` beside it; return the three paths."""
+    """Write ``report`` as JSON plus ``.md`` and ``.png`` beside it, JSON last; return the three paths."""
     json_path = Path(json_path)
     paths = {"json": json_path, "md": json_path.with_suffix(".md"), "png": json_path.with_suffix(".png")}
-    write_json(paths["json"], report)
-    write_text(paths["md"], render_markdown(report))
-    plot_report(report, paths["png"])
+    contents = {"md": render_markdown(report).encode("utf-8"), "png": render_png(report)}
+    files = {kind: {"name": paths[kind].name, "sha256": hashlib.sha256(data).hexdigest()}
+             for kind, data in contents.items()}
+    text = json_text({**report, "files": files})  # fails here, before any write, on a bad report
+    for kind in ("md", "png"):
+        write_bytes(paths[kind], contents[kind])
+    write_bytes(paths["json"], text.encode("utf-8"))
     return paths
+
+
+def report_is_whole(json_path: str | Path) -> bool:
+    """True when the ``.md`` and ``.png`` beside ``json_path`` are the ones its ``files`` field names."""
+    json_path = Path(json_path)
+    files = json.loads(json_path.read_text()).get("files") or {}
+    for entry in files.values():
+        path = json_path.with_name(entry["name"])
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
+            return False
+    return bool(files)
 
 
 def _fmt_gain(scores: dict, key: str) -> str:
@@ -107,6 +130,11 @@ def _fmt_eta(ceiling: dict) -> str:
 
 
 def plot_report(report: dict, png_path: str | Path) -> None:
+    write_bytes(png_path, render_png(report))
+
+
+def render_png(report: dict) -> bytes:
+    """The report's plot as PNG bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,9 +153,10 @@ def plot_report(report: dict, png_path: str | Path) -> None:
         if lis:
             ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
+    return buffer.getvalue()
 
 
 def _bar_with_ci(ax, scores: dict, title: str, color: str) -> None:

@@ -1,12 +1,13 @@
 """``write_report``: report.json, report.md (the tables a person reads) and report.png, each atomic."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
 from PIL import Image
 
-from lis.report import render_markdown, write_report
+from lis.report import render_markdown, report_is_whole, write_report
 
 
 def sample_report() -> dict:
@@ -47,7 +48,11 @@ def test_writes_json_markdown_and_png_beside_each_other(tmp_path):
     paths = write_report(report, tmp_path / "out" / "report.json")
     assert paths == {"json": tmp_path / "out" / "report.json", "md": tmp_path / "out" / "report.md",
                      "png": tmp_path / "out" / "report.png"}
-    assert json.loads(paths["json"].read_text()) == report
+    written = json.loads(paths["json"].read_text())
+    assert written.pop("files") == {kind: {"name": paths[kind].name,
+                                           "sha256": hashlib.sha256(paths[kind].read_bytes()).hexdigest()}
+                                    for kind in ("md", "png")}
+    assert written == report and report_is_whole(paths["json"])
     with Image.open(paths["png"]) as image:
         assert image.format == "PNG" and image.size[0] > 500
     assert paths["md"].read_text() == render_markdown(report)
