@@ -54,4 +54,5 @@ def check_score_args(args, table_paths: list, pairs_paths: list) -> None:
 
 def table_paths(items: list[str]) -> list[str]:
     """The files of ``--embeddings NAME=FILE`` (or ``FILE``) arguments."""
-    return [item.partition("=")[2].strip() if "=" in item else item.strip() for item in items]
+    paths = [item.partition("=")[2].strip() if "=" in item else item.strip() for item in items]
+    return [path for path in paths if path]  # an empty one is refused by load_tables, by name
