@@ -253,6 +253,31 @@ def test_train_command_builds_the_accelerate_launch_line():
     assert cmd[7:] == ["-m", "align.train", "recipes/configs/tiny_cpu.yaml", "training.max_steps=5"]
 
 
+def test_train_command_passes_the_machine_flags_to_accelerate():
+    from align.commands.train import launch_command
+
+    cmd = launch_command("r.yaml", [], "cpu_2proc", 4, num_machines=2, machine_rank=1, main_process_ip="10.0.0.1",
+                         main_process_port=29555)
+    assert cmd[5:15] == ["--num_processes", "4", "--num_machines", "2", "--machine_rank", "1",
+                         "--main_process_ip", "10.0.0.1", "--main_process_port", "29555"]
+    assert cmd[15:] == ["-m", "align.train", "r.yaml"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--machine-rank", "1"], "--machine-rank: needs --accelerate-config"),
+    (["--accelerate-config", "cpu_2proc", "--num-machines", "2", "--machine-rank", "2"],
+     "--machine-rank: must be in 0..1 (0 is the main machine); got 2."),
+    (["--accelerate-config", "cpu_2proc", "--num-machines", "0"], "--num-machines: must be at least 1; got 0."),
+    (["--accelerate-config", "cpu_2proc", "--main-process-port", "70000"], "--main-process-port: must be a TCP port"),
+])
+def test_train_command_rejects_bad_machine_flags_in_one_line(flags, message, capsys):
+    from align.cli import main
+
+    assert main(["train", "recipes/configs/tiny_cpu.yaml", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
 def test_train_command_reports_bad_input_in_one_line(tmp_path, capsys):
     from align.cli import main
 
