@@ -8,7 +8,7 @@ A checkpoint folder (every ``checkpoint-N/``, ``best/`` and a published folder) 
     lis_align.json                                     how to rebuild the embedder's inputs (below)
     processor files                                    processor.save_pretrained (PROCESSOR_FILES)
     (+ Trainer's optimizer.pt, scheduler.pt, rng_state.pth, trainer_state.json,
-     training_args.bin, and under DeepSpeed its global_stepN/ engine shards)
+     training_args.bin, and under DeepSpeed its global_stepN/ engine shards: trainable state only)
 
 ``lis_align.json`` = ``{"batcher": {BATCHER_FIELDS}, "step", "trained_until", "base_model", ...}``;
 every field is optional; a published folder adds ``head``, ``family`` and ``best_step``. The
