@@ -75,8 +75,8 @@ class AlignTrainer(Trainer):
           micro-step.
         * Under DeepSpeed a resumed run must load the same base model (frozen weights are not
           in the checkpoint to compare against).
-        * Under ZeRO-3, saving the adapter still gathers every layer's full weights on rank 0
-          (Trainer's ``save_model``), one layer at a time.
+        * Under ZeRO-3, saving the adapter still gathers every layer on rank 0, one at a time
+          (only the trainable weights are copied out; Trainer would copy all of them).
     """
 
     def __init__(self, *args, checkpoint_info: CheckpointInfo | None = None, inject_nan_at_step: int | None = None,
@@ -84,6 +84,7 @@ class AlignTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.checkpoint_info = checkpoint_info
         self.inject_nan_at_step = inject_nan_at_step
+        self.deferred_best_metric = False  # set by asynchronous LIS validation
         self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean
         self._stats = {"logit_scale": 0.0, "accuracy": 0.0}
         self._stats_n = 0
@@ -163,6 +164,15 @@ class AlignTrainer(Trainer):
                          resume_from_checkpoint)
 
     # --- DeepSpeed engine checkpoints: trainable state only ----------------------------------
+    def save_model(self, output_dir=None, _internal_call=False) -> None:
+        engine = self.model_wrapped  # the DeepSpeed engine once training has prepared it
+        if not (self.is_deepspeed_enabled and getattr(engine, "zero_optimization_partition_weights", bool)()):
+            return super().save_model(output_dir, _internal_call)
+        # ZeRO-3: the adapter needs the trainable weights only; Trainer would copy the whole
+        # model to rank 0's memory at every save (a collective; rank 0 gets the dict).
+        state_dict = engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=True)
+        self._save(output_dir, state_dict=state_dict)
+
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         if not self.is_deepspeed_enabled:
             return super()._save_optimizer_and_scheduler(output_dir)
@@ -183,6 +193,14 @@ class AlignTrainer(Trainer):
         self._load_optimizer_and_scheduler(resume_from_checkpoint)
         self._load_scaler(resume_from_checkpoint)
         return model, train_dataloader
+
+    def _determine_best_metric(self, metrics, trial) -> bool:
+        # Asynchronous LIS validation (align/async_validation.py) brings the best-model metric
+        # later, for an earlier checkpoint, and tracks the best itself; an evaluation that
+        # computed only eval_loss cannot decide it (Trainer would raise a KeyError).
+        if self.args.metric_for_best_model not in metrics and self.deferred_best_metric:
+            return False
+        return super()._determine_best_metric(metrics, trial)
 
     def _load_best_model(self) -> None:
         if self.is_deepspeed_enabled:
