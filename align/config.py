@@ -120,6 +120,13 @@ class LisConfig:
     require_headroom: bool = False
     n_bootstrap: int = 200
     max_eval_items: int | None = None
+    # inline: every rank waits while rank 0 scores each evaluation; async: a scorer process beside
+    # training scores each saved checkpoint and the results steer the run when they arrive
+    # (align/async_validation.py). Patience then counts scored evaluations.
+    mode: str = "inline"
+    scorer_device: str = "cpu"  # async: where the scorer runs (cpu, cuda:1, ...)
+    scorer_timeout: float = 600.0  # async: seconds a checkpoint may wait before the scorer counts as hung
+    on_scorer_failure: str = "continue"  # async: continue (without LIS) | stop (training, cleanly)
 
 
 @dataclass
@@ -143,6 +150,8 @@ CHOICES = {
     "embedder.pooling": ("last", "mean"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "data.missing_image": ("blank", "error"),
+    "lis.mode": ("inline", "async"),
+    "lis.on_scorer_failure": ("continue", "stop"),
 }
 
 
@@ -166,7 +175,7 @@ def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] = ()
     raw = copy.deepcopy(raw)
     for override in overrides:
         key, value = _parse_override(source, override)
-        _set_dotted(raw, key, value)
+        _set_dotted(raw, key, value, source)
     recipe = _build(Recipe, raw, source, prefix="")
     recipe.source = source
     _check(recipe)
@@ -194,13 +203,13 @@ def _yaml_problem(error) -> str:
     return f"{problem or type(error).__name__}{where}"
 
 
-def _set_dotted(raw: dict, key: str, value) -> None:
+def _set_dotted(raw: dict, key: str, value, source: str = "<defaults>") -> None:
     parts = key.split(".")
     node = raw
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {key!r}: {part!r} is a value, not a section; got {node!r}.")
+            raise ConfigError(f"{source}: override {key!r}: {part!r} is a value, not a section; got {node!r}.")
     node[parts[-1]] = value
 
 
@@ -345,6 +354,8 @@ def _check_ranges(src: str, recipe: Recipe) -> None:
             raise ConfigError(f"{src}: field '{name}' must be a finite number >= 0; got {value!r}.")
     if not 0.0 <= recipe.lora.dropout < 1.0:
         raise ConfigError(f"{src}: field 'lora.dropout' must be in [0, 1); got {recipe.lora.dropout!r}.")
+    if not (math.isfinite(lis.scorer_timeout) and lis.scorer_timeout > 0):
+        raise ConfigError(f"{src}: field 'lis.scorer_timeout' must be a positive number of seconds; got {lis.scorer_timeout!r}.")
     for name, value in (("data.builder", d.builder), ("lis.builder", lis.builder)):
         if value is not None and value not in BUILDERS:
             raise ConfigError(f"{src}: field '{name}' must be one of {', '.join(BUILDERS)}; got {value!r}.")

@@ -21,8 +21,10 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import logging
 
-    from align.demo import run_demo
+    from align.config import load_recipe
+    from align.demo import DEMO_RECIPE, run_demo
 
+    load_recipe(DEMO_RECIPE, list(args.overrides))  # a bad override fails now, not after the simulation
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("matplotlib", "PIL", "httpx", "urllib3", "transformers", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -86,11 +86,21 @@ def run_export(args) -> int:
 
 
 def check_export_paths(args) -> None:
-    """--out is a file, and none of the inputs (data tables and images, the model and adapter
-    folders, the ids file) -- checked where paths resolve, before any model is loaded."""
+    """--adapter exists with its head; --out is a file, and none of the inputs (data tables and
+    images, the model and adapter folders, the ids file) -- checked where paths resolve, before
+    any model is loaded."""
     from lis.datadir import datadir_inputs
     from lis.paths import check_output_file
 
+    from lis.errors import DataError
+
+    if args.adapter is not None:  # before the model loads: a typo costs nothing
+        adapter = Path(args.adapter)
+        if not adapter.is_dir():
+            raise DataError(f"{adapter}: adapter folder not found (--adapter).")
+        if not (adapter / "projection_head.json").is_file():
+            raise DataError(f"projection_head.json: not found in {adapter} (--adapter); give a checkpoint folder "
+                            "of a training run (RUN_DIR/best, RUN_DIR/checkpoint-N) or a published folder.")
     folders = [path for path in (args.model, args.adapter) if path is not None and Path(path).is_dir()]
     check_output_file(args.out, "--out", [*datadir_inputs(args.data), *folders, args.ids_file])
 
