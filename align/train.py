@@ -33,6 +33,7 @@ import torch
 
 from align import strict_json
 from align.alignment_model import build_alignment_model, resolve_base_model
+from align.async_validation import make_async_callback
 from align.checkpoint import (BEST_DIR, EMBEDDINGS, adapter_hash, batcher_settings, replace_dir,
                               write_embedder_config, write_run)
 from align.collate import BatcherSource, PairCollator, PairDataset, batcher_for_datadir, items_from_catalogue
@@ -159,7 +160,7 @@ def prepare(recipe, callbacks=None, evaluator=None) -> PreparedRun:
                            None if negatives is None else negatives[rows])
 
     # The exporter collates from the item cache when there is one, else runs the processor itself.
-    lis_callback = (make_lis_callback(recipe, data, source if d.item_cache else batcher, items, evaluator)
+    lis_callback = (make_lis_callback(recipe, data, source if d.item_cache else batcher, items, evaluator, base_model)
                     if recipe.lis.enabled else None)
     info = CheckpointInfo(batcher=batcher_settings(batcher), trained_until=data.trained_until, base_model=base_model)
     trainer = build_trainer(recipe, model, subset(data.train_rows), subset(data.eval_rows),
@@ -168,11 +169,13 @@ def prepare(recipe, callbacks=None, evaluator=None) -> PreparedRun:
                                          chunk_size=recipe.loss.cache_chunk_size), processor=processor,
                             callbacks=([lis_callback] if lis_callback else []) + list(callbacks or []),
                             checkpoint_info=info)
+    if hasattr(lis_callback, "attach"):  # asynchronous validation reaches the other handlers through the trainer
+        lis_callback.attach(trainer)
     return PreparedRun(recipe, data, trainer, batcher, items, lis_callback, base_model, base_model_id, family,
                        int(truncated))
 
 
-def make_lis_callback(recipe, data: TrainingData, source, items: list[dict], evaluator=None):
+def make_lis_callback(recipe, data: TrainingData, source, items: list[dict], evaluator=None, base_model=None):
     """The :class:`align.lis_callback.LISValidationCallback` a recipe's ``lis`` section asks for.
 
     ``evaluator``: a ready ``LISEvaluator`` (the demo reuses the one that compared builders);
@@ -184,11 +187,13 @@ def make_lis_callback(recipe, data: TrainingData, source, items: list[dict], eva
                                  seed=recipe.training.seed, top_k=recipe.data.top_k, builder_options=options)
         return LISEvaluator(data.datadir.log, data.datadir.catalogue, config, name=f"{recipe.data.data_dir}/log")
 
-    return LISValidationCallback(source, items, recipe.training.output_dir, builder=recipe.lis.builder or recipe.data.builder,
-                                 evaluator=evaluator, evaluator_factory=factory,
-                                 require_headroom=recipe.lis.require_headroom, trained_until=data.trained_until,
-                                 export_batch_size=recipe.training.export_batch_size,
-                                 max_eval_items=recipe.lis.max_eval_items, model_name=recipe.model.path)
+    common = dict(builder=recipe.lis.builder or recipe.data.builder, evaluator=evaluator, evaluator_factory=factory,
+                  require_headroom=recipe.lis.require_headroom, trained_until=data.trained_until,
+                  export_batch_size=recipe.training.export_batch_size, max_eval_items=recipe.lis.max_eval_items,
+                  model_name=recipe.model.path)
+    if recipe.lis.mode == "async":
+        return make_async_callback(recipe, source, items, base_model, **common)
+    return LISValidationCallback(source, items, recipe.training.output_dir, **common)
 
 
 # --- 2. fit ---------------------------------------------------------------------------------

@@ -84,6 +84,7 @@ class AlignTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.checkpoint_info = checkpoint_info
         self.inject_nan_at_step = inject_nan_at_step
+        self.deferred_best_metric = False  # set by asynchronous LIS validation
         self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean
         self._stats = {"logit_scale": 0.0, "accuracy": 0.0}
         self._stats_n = 0
@@ -192,6 +193,14 @@ class AlignTrainer(Trainer):
         self._load_optimizer_and_scheduler(resume_from_checkpoint)
         self._load_scaler(resume_from_checkpoint)
         return model, train_dataloader
+
+    def _determine_best_metric(self, metrics, trial) -> bool:
+        # Asynchronous LIS validation (align/async_validation.py) brings the best-model metric
+        # later, for an earlier checkpoint, and tracks the best itself; an evaluation that
+        # computed only eval_loss cannot decide it (Trainer would raise a KeyError).
+        if self.args.metric_for_best_model not in metrics and self.deferred_best_metric:
+            return False
+        return super()._determine_best_metric(metrics, trial)
 
     def _load_best_model(self) -> None:
         if self.is_deepspeed_enabled:
