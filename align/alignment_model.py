@@ -48,14 +48,15 @@ class AlignmentModel(nn.Module):
         self.loss = loss
         self.known_pairs = known_pairs
 
-    def forward(self, anchor_ids=None, positive_ids=None, weights=None, negative_ids=None, chunks=None, pooled=None,
-                **items):
+    def forward(self, anchor_ids=None, positive_ids=None, weights=None, negative_ids=None, chunks=None,
+                pooled_before=None, pooled_after=None, **items):
         if anchor_ids is None:  # a chunk pass of the cached loss (align.cached_loss): pooled states only
             return self.embedder.pooled(**items)
-        if chunks is None and pooled is None:
+        if chunks is None:
             embeddings = self.embedder(**items)
-        else:  # items collated in chunks; ``pooled``: the cached states of all chunks before these
-            parts = ([pooled] if pooled is not None else []) + [self.embedder.pooled(**c) for c in chunks or ()]
+        else:  # items collated in chunks, between the cached states of the chunks before and after them
+            parts = [self.embedder.pooled(**c) for c in chunks]
+            parts = [t for t in (pooled_before, *parts, pooled_after) if t is not None]
             embeddings = self.embedder.project(torch.cat(parts))
         return self.contrast(embeddings, anchor_ids, positive_ids, weights, negative_ids)
 

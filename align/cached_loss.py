@@ -15,6 +15,12 @@ with ``chunk_size``), :func:`cached_forward`:
    caller's ordinary backward adds the last chunk's, the head's and the temperature's gradients
    and synchronises everything once.
 
+Under DeepSpeed steps 3-4 run in the other order (the loss with the first chunk live, then the
+other chunks; the returned loss backpropagates the last chunk's slice): ZeRO-3 *copies* a
+parameter's gradient into its buffer at the first micro-step of an accumulation window and adds
+later ones, so a parameter first reached at a later micro-step (the head, the temperature)
+would be added to the previous step's stale gradient (measured: exactly doubled).
+
 The cache sits *before* the centring (a BatchNorm over the batch) and the head, so their batch
 statistics are those of the whole batch, as without the cache; their running statistics are
 updated once per step (step 2 restores them). Step 3 must not synchronise gradients across
@@ -34,38 +40,72 @@ from contextlib import contextmanager
 
 import torch
 
+from align.distributed import gather_sizes
+
 __all__ = ["cached_forward"]
 
 
 def cached_forward(model, inputs: dict) -> dict:
     """The outputs of ``model(**inputs)`` (an :class:`align.alignment_model.AlignmentModel`, bare
-    or wrapped by DDP / a DeepSpeed engine) with every chunk's backward but the last done.
+    or wrapped by DDP / a DeepSpeed engine) with every chunk's backward but one done.
 
     ``inputs`` holds ``chunks`` (item batches) and the pair fields. Call ``backward`` on the
     returned loss as usual (Trainer does); the gradients then equal the uncached batch's.
     """
     chunks = inputs["chunks"]
     pairs = {k: v for k, v in inputs.items() if k != "chunks"}
-    if len(chunks) == 1 or not torch.is_grad_enabled():
+    # Every rank runs as many passes as the rank with the most chunks: under ZeRO-3 each pass
+    # gathers parameters (a collective), so a rank with fewer chunks repeats its last one
+    # with a zero gradient.
+    passes = max(gather_sizes(len(chunks), pairs["anchor_ids"].device))
+    if passes == 1 or not torch.is_grad_enabled():
         return model(**inputs)
-    inner = _unwrap(model)
+    extra = passes - len(chunks)
     states, pooled = [], []
     with torch.no_grad():
         for chunk in chunks:
             states.append(_RandomState())
             with states[-1].restored():
                 pooled.append(model(**chunk))
+        for _ in range(extra):
+            model(**chunks[-1])
     cache = torch.cat(pooled)
-    grad = _cache_gradient(inner, cache, pairs)
+    grad = _cache_gradient(_unwrap(model), cache, pairs)
+    ends = torch.tensor([len(p) for p in pooled]).cumsum(0).tolist()
+    spans = list(zip([0] + ends[:-1], ends))
+
+    def loss_pass(i):  # the loss with chunk i live and the others cached: every parameter takes part
+        (a, b), tail = spans[i], cache[spans[i][1]:]
+        with states[i].restored():
+            return model(**pairs, chunks=[chunks[i]], pooled_before=cache[:a] if a else None,
+                         pooled_after=tail if len(tail) else None)
+
+    def surrogate(i):  # chunk i live: backward gives its share of the gradient
+        with states[i].restored():
+            return (model(**chunks[i]) * grad[spans[i][0]:spans[i][1]]).sum()
+
+    def padding():
+        return (model(**chunks[-1]) * 0).sum()
+
+    if not _is_engine(model):  # DDP: the synchronised pass (the caller's) must use every parameter
+        with _accumulating(model) as backward:
+            for i in range(len(chunks) - 1):
+                backward(surrogate(i))
+            for _ in range(extra):
+                backward(padding())
+        return loss_pass(len(chunks) - 1)
+    # DeepSpeed: ZeRO-3 copies (not adds) a parameter's gradient at the first micro-step of an
+    # accumulation window, so the first pass must reach every parameter; the caller's pass then
+    # backpropagates the last chunk, carrying the loss's value for logging.
     with _accumulating(model) as backward:
-        start = 0
-        for chunk, state, part in zip(chunks[:-1], states, pooled):
-            with state.restored():
-                live = model(**chunk)
-            backward((live * grad[start:start + len(part)]).sum())
-            start += len(part)
-    with states[-1].restored():
-        return model(**pairs, pooled=cache[:start], chunks=chunks[-1:])
+        outputs = loss_pass(0)
+        backward(outputs["loss"])
+        for i in range(1, len(chunks) - 1):
+            backward(surrogate(i))
+        for _ in range(extra):
+            backward(padding())
+    last = surrogate(len(chunks) - 1)
+    return dict(outputs, loss=outputs["loss"].detach() + last - last.detach())
 
 
 def _cache_gradient(inner, cache: torch.Tensor, pairs: dict) -> torch.Tensor:
@@ -89,10 +129,14 @@ def _unwrap(model):
     return model
 
 
+def _is_engine(model) -> bool:
+    return hasattr(model, "set_gradient_accumulation_boundary") and hasattr(model, "backward")
+
+
 @contextmanager
 def _accumulating(model):
-    """Yields ``backward(loss)`` that accumulates gradients on this rank without synchronising."""
-    if hasattr(model, "set_gradient_accumulation_boundary") and hasattr(model, "backward"):  # DeepSpeed engine
+    """Yields ``backward(loss)``: accumulates gradients on this rank without synchronising them."""
+    if _is_engine(model):  # DeepSpeed: a micro-step inside an accumulation window
         model.set_gradient_accumulation_boundary(False)
         try:
             yield model.backward
