@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 LAUNCHER_PID = "LIS_ALIGN_LAUNCHER_PID"  # set for the agent and its workers: who started the tree
 PR_SET_PDEATHSIG = 1
@@ -114,19 +115,26 @@ def launch(cmd: list[str], env: dict | None = None, grace: float = 10.0) -> int:
         _signal_group(child.pid, signum)
 
     previous = _install(FORWARDED, forward)
+    deadline = None
     try:
-        while True:
+        while True:  # short waits: a signal handler cannot shorten a blocking wait
             try:
-                status = child.wait(timeout=grace if received else None)
+                status = child.wait(timeout=0.2)
                 break
-            except subprocess.TimeoutExpired:  # the agent did not stop in time: end the tree
-                _signal_group(child.pid, signal.SIGKILL)
+            except subprocess.TimeoutExpired:
+                if received and deadline is None:
+                    deadline = time.monotonic() + grace
+                if deadline is not None and time.monotonic() > deadline:  # the agent did not stop: end the tree
+                    _signal_group(child.pid, signal.SIGKILL)
+                    deadline = float("inf")
     finally:
         _restore(previous)
         if child.poll() is None:  # an exception in this process: never leave the agent behind
             _signal_group(child.pid, signal.SIGKILL)
             child.wait()
-    return 128 + received[0] if received else status
+    if received:
+        return 128 + received[0]
+    return 128 - status if status < 0 else status  # killed by a signal: the shell's convention
 
 
 def _signal_group(pgid: int, signum: int) -> None:
