@@ -47,6 +47,9 @@ def register(subparsers) -> None:
     build.add_argument("--eval-fraction", type=float, default=0.3, metavar="F",
                        help="share of impressions, at the end, forming the evaluation window (default: %(default)s)")
     build.add_argument("--pairs-file", metavar="PATH", help="the pairs file for builder 'user'")
+    build.add_argument("--hard-negatives", type=int, default=0, metavar="K",
+                       help="add a list column hard_negative_ids: up to K items shown to the same user near the "
+                            "anchor's engagement and not engaged, from the same window (lis.hard_negatives; default 0)")
     build.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                        help="a builder-specific option (repeatable); values true/false/none/numbers are parsed")
     build.set_defaults(handler=run_build)
@@ -81,6 +84,10 @@ def run_build(args) -> int:
     if len(pairs) == 0:
         raise DataError(f"{args.data}: builder '{args.builder}' found no pairs in the {args.window} window "
                         f"({len(log_slice)} impressions); loosen its options or use a longer window.")
+    if args.hard_negatives:
+        from lis.hard_negatives import add_hard_negatives
+
+        pairs = add_hard_negatives(pairs, log_slice, args.hard_negatives, seed=args.seed)
     from lis.atomic import atomic_path
 
     with atomic_path(args.out) as tmp:

@@ -201,3 +201,52 @@ def test_bad_shapes_and_ids_are_rejected():
         encode_pairs([(-1, 3)])
     with pytest.raises(ValueError, match="init_scale"):
         InfoNCELoss(init_scale=200.0)
+
+
+# --- hard negatives and Matryoshka dims -----------------------------------------------------
+# Hard negatives 7 (a plain negative), 5 (row 0's and row 1's positive again), 3 (row 3's own
+# anchor) and 9 (a known pair of anchor 2): a2p columns 4..7 after the four positives.
+NID = torch.tensor([7, 5, 3, 9])
+HN_MASKED_A2P = DUP_A2P | {(0, 5), (1, 5), (3, 6), (2, 7)}
+
+
+def reference_with_negatives(a, p, n, w, scale, masked_a2p, masked_p2a):
+    a, p, n = (x / x.norm(dim=1, keepdim=True) for x in (a, p, n))
+    columns = torch.cat([p, n])
+    total = 0.0
+    for q, k, masked in ((a, columns, masked_a2p), (p, a, masked_p2a)):
+        for i in range(len(q)):
+            terms = [scale * q[i] @ k[j] for j in range(len(k)) if (i, j) not in masked]
+            total = total + w[i] * (torch.logsumexp(torch.stack(terms), 0) - scale * q[i] @ k[i])
+    return total / (2 * w.sum())
+
+
+def test_hard_negatives_are_extra_anchor_columns_masked_like_in_batch_ones():
+    a, p, w = batch()
+    n = batch(seed=1)[0]
+    s = 2.0
+    out = loss_fn(init_scale=s)(a, p, AID, PID, w, known_pairs=[(2, 9)], negative_emb=n, negative_ids=NID)
+    want = reference_with_negatives(a, p, n, w, s, HN_MASKED_A2P, DUP_P2A)
+    assert out["loss"].item() == pytest.approx(want.item(), abs=1e-12)
+    # Without the known pair, column 7 counts for row 2: false-negative masking is what removed it.
+    unmasked = loss_fn(init_scale=s)(a, p, AID, PID, w, negative_emb=n, negative_ids=NID)["loss"].item()
+    assert unmasked == pytest.approx(reference_with_negatives(a, p, n, w, s, HN_MASKED_A2P - {(2, 7)},
+                                                              DUP_P2A).item(), abs=1e-12)
+    assert abs(unmasked - out["loss"].item()) > 1e-3
+    # No negatives at all (an empty list on this rank) is the in-batch loss.
+    empty = loss_fn(init_scale=s)(a, p, AID, PID, w, negative_emb=n[:0], negative_ids=NID[:0])["loss"]
+    assert empty.item() == pytest.approx(loss_fn(init_scale=s)(a, p, AID, PID, w)["loss"].item(), abs=1e-12)
+
+
+def test_matryoshka_loss_is_the_mean_over_renormalised_prefixes():
+    a, p, w = batch(d=6)
+    n = batch(seed=2, d=6)[0]
+    ids = torch.arange(4)
+    got = loss_fn(matryoshka_dims=[6, 4, 2])(a, p, ids, ids + 10, w, negative_emb=n, negative_ids=ids + 20)
+    parts = [loss_fn()(a[:, :d], p[:, :d], ids, ids + 10, w, negative_emb=n[:, :d], negative_ids=ids + 20)["loss"]
+             for d in (6, 4, 2)]
+    assert got["loss"].item() == pytest.approx(float(sum(parts) / 3), abs=1e-12)
+    assert got["accuracy"].item() == loss_fn()(a, p, ids, ids + 10, w, negative_emb=n,
+                                                negative_ids=ids + 20)["accuracy"].item()
+    with pytest.raises(ValueError, match="matryoshka_dims"):
+        InfoNCELoss(matryoshka_dims=[8, 0])
