@@ -29,6 +29,10 @@ class TrainingData:
     train_rows: np.ndarray = field(default=None)  # indices into pairs
     eval_rows: np.ndarray = field(default=None)
     eval_is_holdout: bool = True
+    # The builder and options that made ``pairs`` (None for a pairs file): exported tables record
+    # them in their manifest, so the evaluator bounds a table by the ceiling of its own pairs.
+    builder: str | None = None
+    builder_options: dict | None = None
 
 
 def prepare_data(recipe) -> TrainingData:
@@ -64,7 +68,9 @@ def prepare_data(recipe) -> TrainingData:
                             f"({len(fit)} impressions before {windows.to_dict()['eval_start']}); "
                             "try another data.builder or a longer log.")
         pairs = validate_pairs(pairs, name=f"pairs of builder '{d.builder}'", item_ids=item_ids)
-    data = TrainingData(datadir, windows, pairs.reset_index(drop=True), source, int(fit["timestamp"].max()))
+    data = TrainingData(datadir, windows, pairs.reset_index(drop=True), source, int(fit["timestamp"].max()),
+                        builder=None if d.pairs_file else d.builder,
+                        builder_options=None if d.pairs_file else dict(options))
     _hold_out(data, recipe)
     return data
 

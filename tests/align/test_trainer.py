@@ -59,6 +59,8 @@ def test_run_training_writes_the_run_dir_layout(trained, data_dir, base_model):
     assert m["catalogue_hash"] == catalogue_hash(catalogue)
     # trained_until = the last timestamp of the fit window, strictly before the evaluation window.
     assert m["trained_until"] == run["data"]["trained_until"] < run["data"]["windows"]["eval_start_unix"]
+    # The builder of the training pairs, so the evaluator bounds the table by its own ceiling.
+    assert m["builder"] == run["recipe"]["data"]["builder"] and isinstance(m["builder_options"], dict)
 
 
 def test_training_logs_loss_temperature_and_accuracy(trained):
