@@ -46,8 +46,9 @@ def check_bootstrap_users(users, labels, what: str) -> None:
 class UserResamples:
     """Bootstrap resamples of users, drawn once and reused for every table scored.
 
-    ``codes[i]`` is the user (0..n_users-1) of impression ``i``; ``counts[b, u]`` is how often
-    user ``u`` is drawn in resample ``b`` (multinomial, n_users draws). Built by
+    ``codes[i]`` is the user (0..n_users-1) of impression ``i``; ``counts[b, u]`` is user ``u``'s
+    weight in resample ``b``: a Poisson(1) count from a hash of (user id, b, seed)
+    (:mod:`lis.resample`), so every engine draws the same resamples. Built by
     :func:`user_resamples`.
     """
 
@@ -64,15 +65,19 @@ class UserResamples:
 
 
 def user_resamples(users, n_resamples: int = 200, seed: int = 0) -> UserResamples:
-    """Draw ``n_resamples`` bootstrap resamples of the distinct ``users`` (seeded, deterministic)."""
+    """``n_resamples`` Poisson bootstrap resamples of the distinct ``users`` (deterministic per user id
+    and seed: :func:`lis.resample.poisson_weights`)."""
     users = np.asarray(users)
     if len(users) == 0:
         raise DataError("bootstrap: no impressions to resample (empty users).")
     if n_resamples < 1:
         raise DataError(f"bootstrap: n_resamples must be >= 1; got {n_resamples}.")
-    codes, n_users = _user_codes(users, len(users), "bootstrap")
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(n_users, np.full(n_users, 1.0 / n_users), size=n_resamples).astype(np.int64)
+    from lis.resample import poisson_weights, user_keys
+
+    codes, _ = _user_codes(users, len(users), "bootstrap")
+    first = np.flatnonzero(np.r_[True, np.diff(np.sort(codes)) > 0])   # codes are 0..n_users-1
+    uniques = users[np.argsort(codes, kind="stable")[first]]
+    counts = poisson_weights(user_keys(uniques), n_resamples, seed)
     return UserResamples(codes, counts, int(seed))
 
 

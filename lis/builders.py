@@ -126,7 +126,11 @@ def co_engagement(log: pd.DataFrame, *, catalogue=None, ranker=None, seed: int =
     unique_rows = ~pd.DataFrame({"u": pair_users, "k": pair_keys}).duplicated().to_numpy()
     pair_users, pair_keys = pair_users[unique_rows], pair_keys[unique_rows]
     keys, inverse = np.unique(pair_keys, return_inverse=True)
-    scores = np.bincount(inverse, weights=1.0 / n_per_user[pair_users], minlength=len(keys))
+    # Each pair's 1/N_u summed in ascending order (bincount adds in row order): a float that does
+    # not depend on the order users come in, so the Spark engine (lis.spark.builders) gets it too.
+    contribution = 1.0 / n_per_user[pair_users]
+    order = np.lexsort((contribution, inverse))
+    scores = np.bincount(inverse[order], weights=contribution[order], minlength=len(keys))
     anchors, positives = keys // n_items, keys % n_items
     if symmetric:  # keys are (min, max); emit both directions
         anchors, positives = np.concatenate([anchors, positives]), np.concatenate([positives, anchors])

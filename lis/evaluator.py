@@ -17,10 +17,9 @@ Definitions (docs/science.md, which this module implements):
   pair weights looked up).
 * ``eta`` = AIS / LIS against the table's own ceiling (:meth:`LISEvaluator.ceiling`).
 
-``mode='full'`` retrains the ID ranker with the features instead (:mod:`lis.full_mode`). A log
-too small for a bootstrap over users is refused at construction
-(:func:`lis.bootstrap.check_bootstrap_users`). Limits: one evaluation window; histories come
-from the same log; segments reuse the probe-test scores (:mod:`lis.segments`).
+``mode='full'``: retrain the ID ranker with the features (:mod:`lis.full_mode`). ``engine='spark'``:
+the same on Spark (:mod:`lis.spark`). Too few users for a bootstrap: refused at construction.
+Limits: one evaluation window; histories from the same log; segments reuse probe-test scores.
 """
 from __future__ import annotations
 
@@ -61,6 +60,9 @@ class EvaluatorConfig:
     top_k: int = 10
     seed: int = 0
     builder_options: dict = field(default_factory=dict)  # builder name -> options for build_pairs
+    engine: str = "memory"  # memory | spark (lis.spark; with spark_master URL and spark_conf settings)
+    spark_master: str | None = None
+    spark_conf: dict = field(default_factory=dict)
 
     def check(self) -> None:
         if self.ranker not in ("builtin", "column"):
@@ -74,6 +76,8 @@ class EvaluatorConfig:
             raise ConfigError(f"evaluator option 'lis_mode' must be 'embedding' or 'pairs'; got {self.lis_mode!r}.")
         if self.folds < 2:
             raise ConfigError(f"evaluator option 'folds' must be >= 2 (cross-fitting); got {self.folds!r}.")
+        if self.engine not in ("memory", "spark"):
+            raise ConfigError(f"evaluator option 'engine' must be 'memory' or 'spark'; got {self.engine!r}.")
         if self.n_bootstrap < 10:
             raise ConfigError(f"evaluator option 'n_bootstrap' must be >= 10; got {self.n_bootstrap!r}.")
 
@@ -85,6 +89,13 @@ class LISEvaluator:
     :meth:`score_table`, :meth:`lis`, :meth:`efficiency`, :meth:`segments` or :meth:`report`.
     LIS results are cached per (builder, options). See the module docstring for definitions.
     """
+
+    def __new__(cls, *args, **kwargs):   # engine "spark": lis.spark's evaluator (same API, same numbers)
+        config = kwargs.get("config", args[2] if len(args) > 2 else None)
+        if cls is LISEvaluator and getattr(config, "engine", "memory") == "spark":
+            from lis.spark.evaluator import SparkLISEvaluator
+            return super().__new__(SparkLISEvaluator)
+        return super().__new__(cls)
 
     def __init__(self, log: pd.DataFrame, catalogue: pd.DataFrame | None = None,
                  config: EvaluatorConfig | None = None, name: str = "log"):
@@ -118,7 +129,6 @@ class LISEvaluator:
         self._lis_cache: dict = {}
         self._full: FullMode | None = None
 
-    # ------------------------------------------------------------------ basics
     def _assign_folds(self) -> pd.Series:
         users = np.sort(pd.unique(self.log["user_id"].astype(str)))
         rng = np.random.default_rng(self.config.seed + 7919)

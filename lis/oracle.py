@@ -91,10 +91,13 @@ def symmetric_info_nce(anchor, positive, anchor_codes, positive_codes, logit_sca
     )
 
 
-def pair_matrix(pairs: pd.DataFrame, index):
+def pair_matrix(pairs: pd.DataFrame, index, scale: float | None = None):
     """The LIS oracle's pairs mode: a symmetric sparse (n x n) matrix of pair weights over the
     items of a :class:`lis.features.HistoryIndex` (max weight 1), and the mask of items that
-    occur in any pair (the others count as missing, like items absent from a table)."""
+    occur in any pair (the others count as missing, like items absent from a table).
+
+    ``scale`` divides the weights instead of their maximum over the index's items (the Spark
+    engine's blocks each see some items, but must scale as the whole log does)."""
     import scipy.sparse as sp
 
     lookup = pd.Index(index.item_ids)
@@ -102,7 +105,9 @@ def pair_matrix(pairs: pd.DataFrame, index):
     p = lookup.get_indexer(pairs["positive_id"].astype(str))
     keep = (a >= 0) & (p >= 0)
     w = pairs["weight"].to_numpy(dtype=np.float64)[keep]
-    w = w / w.max() if len(w) else w  # scale-free: the probe standardises, the attention tau does not
+    if scale is None:
+        scale = w.max() if len(w) else 1.0
+    w = w / scale if len(w) else w  # scale-free: the probe standardises, the attention tau does not
     n = len(lookup)
     matrix = sp.coo_matrix((w, (a[keep], p[keep])), shape=(n, n)).tocsr()
     matrix = matrix.maximum(matrix.T)  # candidate->history and history->candidate alike
