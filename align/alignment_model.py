@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from align.checkpoint import BASE_MODEL_DIR
-from align.distributed import launch_rank
+from align.distributed import gather_sizes, launch_rank
 from lis.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,12 @@ class AlignmentModel(nn.Module):
         if chunks is None:
             embeddings = self.embedder(**items)
         else:  # items collated in chunks, between the cached states of the chunks before and after them
+            # ZeRO-3 gathers parameters in every pass (a collective): a rank with fewer chunks
+            # (evaluation batches differ) repeats its last one until all ranks ran as many.
+            passes = max(gather_sizes(len(chunks), anchor_ids.device))
             parts = [self.embedder.pooled(**c) for c in chunks]
+            for _ in range(passes - len(chunks)):
+                self.embedder.pooled(**chunks[-1])
             parts = [t for t in (pooled_before, *parts, pooled_after) if t is not None]
             embeddings = self.embedder.project(torch.cat(parts))
         return self.contrast(embeddings, anchor_ids, positive_ids, weights, negative_ids)

@@ -94,6 +94,22 @@ def export_embeddings(embedder, batcher, items: list[dict], *, batch_size: int =
     return EmbeddingTable(ids, vectors, make_manifest(**fields))
 
 
+def truncate_table(table: EmbeddingTable, dim: int, name: str = "--dim") -> EmbeddingTable:
+    """The first ``dim`` coordinates of every vector, re-normalised (a Matryoshka prefix), manifest ``dim`` updated.
+
+    ``dim`` equal to the table's returns the table itself; outside ``[1, table.dim]`` is a DataError naming ``name``.
+    """
+    import numpy as np
+
+    if isinstance(dim, bool) or not isinstance(dim, int) or not 0 < dim <= table.dim:
+        raise DataError(f"{name}: must be an integer in [1, {table.dim}] (the embedding dimension); got {dim!r}.")
+    if dim == table.dim:
+        return table
+    vectors = table.vectors[:, :dim].astype(np.float64)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return EmbeddingTable(list(table.ids), vectors.astype(np.float32), dict(table.manifest, dim=int(dim)))
+
+
 def _shard(items: list[dict], rank: int, size: int) -> tuple[list[dict], int]:
     """Rank ``rank``'s contiguous slice, padded with the last item to ``ceil(n / size)`` items."""
     per_rank = -(-len(items) // size)

@@ -62,11 +62,14 @@ class LISValidationCallback(TrainerCallback):
         trained_until: the manifest's ``trained_until`` for exported tables (last fit-window time).
         export_batch_size: items per forward pass during export.
         max_eval_items: export at most this many items (the most frequent in the evaluation window).
+        matryoshka_dims: also score each of these prefix dimensions (re-normalised) and add
+            ``eval_ais_auc_dD`` with ``_lo``/``_hi`` (``loss.matryoshka_dims``).
     """
 
     def __init__(self, batcher, items: list[dict], out_dir, builder: str = "co_engagement", evaluator=None,
                  evaluator_factory=None, require_headroom: bool = False, trained_until: int | None = None,
-                 export_batch_size: int = 64, max_eval_items: int | None = None, model_name: str = "model"):
+                 export_batch_size: int = 64, max_eval_items: int | None = None, model_name: str = "model",
+                 matryoshka_dims=None):
         self.batcher = batcher
         self.all_items = items
         self.out_dir = Path(out_dir)
@@ -78,6 +81,7 @@ class LISValidationCallback(TrainerCallback):
         self.export_batch_size = export_batch_size
         self.max_eval_items = max_eval_items
         self.model_name = model_name
+        self.matryoshka_dims = sorted({int(d) for d in matryoshka_dims or ()}, reverse=True)
         self.lis_scores: dict | None = None
         self.items: list[dict] | None = None
         self.history: list[dict] = []
@@ -167,7 +171,20 @@ class LISValidationCallback(TrainerCallback):
         if eta is not None:
             out["lis_efficiency_lo"] = ais["auc_gain_ci"][0] / lis["auc_gain"]
             out["lis_efficiency_hi"] = ais["auc_gain_ci"][1] / lis["auc_gain"]
+        out.update(self._score_prefixes(table, step, ais))
         return {METRIC_PREFIX + key: float(value) for key, value in out.items()}
+
+    def _score_prefixes(self, table, step: int, full: dict) -> dict:
+        """AIS of each Matryoshka prefix of ``table`` (the full dimension is the table's own score)."""
+        from align.export import truncate_table
+
+        out = {}
+        for dim in self.matryoshka_dims:
+            ais = full if dim >= table.dim else self.evaluator.score_table(truncate_table(table, dim),
+                                                                           name=f"step_{step}_d{dim}")
+            out[f"ais_auc_d{dim}"] = ais["auc_gain"]
+            out[f"ais_auc_d{dim}_lo"], out[f"ais_auc_d{dim}_hi"] = ais["auc_gain_ci"]
+        return out
 
     def _log(self, step: int, scores: dict) -> None:
         line = json.dumps(finite({"step": int(step), "time": round(time.time(), 3), **scores}), allow_nan=False)

@@ -208,8 +208,26 @@ def _scores_section(run: dict, report: dict, scores: dict) -> list[str]:
     verdict = report.get("verdict")
     if verdict:
         lines += [f"Verdict: `{verdict.get('code')}`. {verdict.get('advice', '')}", ""]
+    lines += _matryoshka_lines(run)
     lines += ["`lis_report.json` holds every number; `lis_curve.png` plots AIS and eta against the training step.", ""]
     return lines
+
+
+def _matryoshka_lines(run: dict) -> list[str]:
+    """The Matryoshka dimensions trained (``loss.matryoshka_dims``) and the AIS of each at the best step."""
+    dims = ((run.get("recipe") or {}).get("loss") or {}).get("matryoshka_dims")
+    if not dims:
+        return []
+    best = run.get("best_metric") or {}
+    lines = ["Matryoshka dimensions: the first D coordinates, re-normalised, are an embedding of their own "
+             f"(trained at D = {', '.join(str(d) for d in sorted(dims, reverse=True))}; "
+             "`lis-align export --dim D` writes one).", "",
+             "| dimension | AIS AUC gain [95% CI] |", "|---|---|"]
+    for dim in sorted(dims, reverse=True):
+        key = f"eval_ais_auc_d{dim}"
+        ci = (best[key + "_lo"], best[key + "_hi"]) if best.get(key + "_lo") is not None else None
+        lines.append(f"| {dim} | {_fmt(best.get(key), ci)} |")
+    return lines + [""]
 
 
 def _limitations(base_id, simulated: bool) -> list[str]:

@@ -193,7 +193,8 @@ def make_lis_callback(recipe, data: TrainingData, source, items: list[dict], eva
                   model_name=recipe.model.path)
     if recipe.lis.mode == "async":
         return make_async_callback(recipe, source, items, base_model, **common)
-    return LISValidationCallback(source, items, recipe.training.output_dir, **common)
+    return LISValidationCallback(source, items, recipe.training.output_dir,
+                                 matryoshka_dims=recipe.loss.matryoshka_dims, **common)
 
 
 # --- 2. fit ---------------------------------------------------------------------------------
