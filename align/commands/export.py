@@ -29,7 +29,13 @@ def register(subparsers) -> None:
                         help="adapter folder (RUN_DIR/best, a checkpoint, or a published folder); without it the "
                              "base model is exported with a random projection head (seed 0): the untrained baseline")
     parser.add_argument("--data", required=True, help="data dir holding catalogue.parquet and images/")
-    parser.add_argument("--out", required=True, help="embeddings file to write (.safetensors)")
+    parser.add_argument("--out", default=None, help="embeddings file to write (.safetensors); optional with --merged")
+    parser.add_argument("--dim", type=int, default=None, metavar="D",
+                        help="write the first D coordinates, re-normalised (a Matryoshka prefix, loss.matryoshka_dims)")
+    parser.add_argument("--merged", default=None, metavar="OUT_DIR",
+                        help="also write the base model with the adapter merged (plain transformers safetensors, "
+                             "loadable without peft) plus head and processor to OUT_DIR, after checking it embeds "
+                             "32 probe items like the adapter (cosine >= 0.999); needs --adapter")
     parser.add_argument("--batch-size", type=int, default=64, help="items per forward pass and process (default 64)")
     parser.add_argument("--ids-file", default=None,
                         help="text file with one item id per line (blank lines and #-comments ignored); "
@@ -47,6 +53,12 @@ def run_export(args) -> int:
 
     if args.batch_size <= 0:
         raise DataError(f"--batch-size: must be a positive integer; got {args.batch_size}.")
+    if args.out is None and args.merged is None:
+        raise DataError("--out: required (the embeddings file), unless --merged OUT_DIR is given.")
+    if args.merged is not None and args.adapter is None:
+        raise DataError("--merged: needs --adapter (the LoRA adapter to merge into --model).")
+    if args.dim is not None and args.dim <= 0:
+        raise DataError(f"--dim: must be a positive integer; got {args.dim}.")
     check_export_paths(args)
     _init_distributed()
     import torch.distributed as dist
@@ -61,6 +73,10 @@ def run_export(args) -> int:
     datadir = load_datadir(args.data)  # validates the catalogue and that every image opens
     ids = read_ids_file(args.ids_file, datadir.catalogue["item_id"]) if args.ids_file else None
     items = items_from_catalogue(datadir, ids=ids)
+    if args.merged is not None:
+        _write_merged(args, items)
+        if args.out is None:
+            return 0
     embedder, batcher = load_export_model(args.model, args.adapter, dtype=args.dtype)
     info = read_adapter_info(args.adapter) if args.adapter else None
     trained_until = args.trained_until
@@ -76,6 +92,10 @@ def run_export(args) -> int:
     table = export_embeddings(embedder, batcher, items, batch_size=args.batch_size, manifest=manifest,
                               progress=not args.no_progress)
     seconds = time.perf_counter() - start
+    if args.dim is not None:
+        from align.export import truncate_table
+
+        table = truncate_table(table, args.dim)
     write_embeddings(args.out, table)
     if is_distributed():
         dist.barrier()  # the file exists on every rank's return
@@ -102,7 +122,22 @@ def check_export_paths(args) -> None:
             raise DataError(f"projection_head.json: not found in {adapter} (--adapter); give a checkpoint folder "
                             "of a training run (RUN_DIR/best, RUN_DIR/checkpoint-N) or a published folder.")
     folders = [path for path in (args.model, args.adapter) if path is not None and Path(path).is_dir()]
-    check_output_file(args.out, "--out", [*datadir_inputs(args.data), *folders, args.ids_file])
+    if args.out is not None:
+        check_output_file(args.out, "--out", [*datadir_inputs(args.data), *folders, args.ids_file])
+
+
+def _write_merged(args, items) -> None:
+    """``--merged OUT_DIR``: the adapter merged into the base model, verified on 32 probe items (one process)."""
+    from align.distributed import is_distributed
+    from align.merge import write_merged
+    from lis.errors import DataError
+
+    if is_distributed():
+        raise DataError("--merged: runs in one process; launch it without accelerate.")
+    step = max(1, len(items) // 32)
+    result = write_merged(args.model, args.adapter, args.merged, items[::step][:32], dtype=args.dtype)
+    print(f"merged model -> {result['folder']} (verified: {result['n_probe']} probe items, "
+          f"min cosine {result['min_cosine']:.6f} to the adapter's embeddings)")
 
 
 def read_ids_file(path, known=None) -> list[str]:
