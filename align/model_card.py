@@ -245,3 +245,20 @@ def _limitations(base_id, simulated: bool) -> list[str]:
         lines.append("- The base model was a local folder, not a Hub model: `base_model` is absent from the "
                      "metadata and the snippet needs that folder.")
     return lines
+
+
+def merged_section(subfolder: str) -> list[str]:
+    """The card's section on the merged model in ``subfolder`` (``lis-align publish --merged``)."""
+    code = f'''from huggingface_hub import snapshot_download
+
+from align.embedder import ItemEmbedder
+from align.export import load_export_model  # transformers only: the folder has no adapter
+
+path = snapshot_download("REPO_ID") + "/{subfolder}"
+embedder, batcher = load_export_model(path, path)  # merged weights, projection head, processor
+'''
+    return ["## Merged model (no peft)", "",
+            f"`{subfolder}/` holds the base model with the adapter merged into its weights, as plain `transformers` "
+            "safetensors (plus the projection head and processor), for serving engines that load no adapters. It "
+            "was checked before upload to embed probe items like the adapter (cosine >= 0.999 each).", "",
+            "```python", code.rstrip(), "```", ""]

@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 REPORT_FILES = (LIS_REPORT, LIS_CURVE)
 OPTIONAL_REPORT_FILES = (LIS_REPORT_MD,)
 MIN_COSINE = 0.999
+MERGED_DIR = "merged"  # publish --merged: the merged model, beside the adapter
 NO_TOKEN = "no Hugging Face token found: set HF_TOKEN or run `huggingface-cli login` (or pass --dry-run)."
 
 
@@ -116,21 +117,11 @@ def verify(folder, run_dir, n_probe: int = 32, min_cosine: float = MIN_COSINE) -
     DataError naming the failing items and the minimum cosine when any is below ``min_cosine``.
     Returns ``{"n_probe", "min_cosine", "mean_cosine", "worst_item", "threshold"}``.
     """
-    import numpy as np
     import torch
-
-    from align.collate import items_from_catalogue
-    from lis.embeddings import load_embeddings
-    from lis.datadir import find_table
-    from lis.schemas import load_catalogue
 
     run_dir = Path(run_dir)
     run = read_run(run_dir)
-    table = load_embeddings(run_dir / BEST_DIR / EMBEDDINGS)
-    rows = np.unique(np.linspace(0, len(table) - 1, min(n_probe, len(table))).round().astype(int))
-    ids = [table.ids[row] for row in rows]
-    data_dir = _data_dir(run, run_dir)
-    items = items_from_catalogue(load_catalogue(find_table(data_dir, "catalogue")), ids=ids, base_dir=data_dir)
+    table, rows, ids, items = probe_items(run_dir, n_probe)
     dtype = ((run.get("recipe") or {}).get("model") or {}).get("dtype")
     embedder, batcher = load_published(folder, base_model=str(run["base_model"]), dtype=dtype)
     got = torch.nn.functional.normalize(embedder.embed_items(items, batcher, batch_size=16), dim=-1)
@@ -151,6 +142,41 @@ def verify(folder, run_dir, n_probe: int = 32, min_cosine: float = MIN_COSINE) -
             f"Refusing to publish {folder}."
         )
     logger.info("verified %s: %d probe items, min cosine %.6f", folder, len(ids), result["min_cosine"])
+    return result
+
+
+def probe_items(run_dir, n_probe: int):
+    """``(best embeddings table, rows, ids, item dicts)`` of ``n_probe`` items spread evenly over the table."""
+    import numpy as np
+
+    from align.collate import items_from_catalogue
+    from lis.datadir import find_table
+    from lis.embeddings import load_embeddings
+    from lis.schemas import load_catalogue
+
+    run_dir = Path(run_dir)
+    table = load_embeddings(run_dir / BEST_DIR / EMBEDDINGS)
+    rows = np.unique(np.linspace(0, len(table) - 1, min(n_probe, len(table))).round().astype(int))
+    ids = [table.ids[row] for row in rows]
+    data_dir = _data_dir(read_run(run_dir), run_dir)
+    items = items_from_catalogue(load_catalogue(find_table(data_dir, "catalogue")), ids=ids, base_dir=data_dir)
+    return table, rows, ids, items
+
+
+def add_merged(folder, run_dir, n_probe: int = 32, min_cosine: float = MIN_COSINE) -> dict:
+    """``FOLDER/merged``: the base model with the folder's adapter merged (:func:`align.merge.write_merged`),
+    verified on the probe items; the model card says how to load it without peft."""
+    from align.merge import write_merged
+    from align.model_card import merged_section
+    from lis.atomic import write_text
+
+    folder = Path(folder)
+    run = read_run(run_dir)
+    dtype = ((run.get("recipe") or {}).get("model") or {}).get("dtype")
+    result = write_merged(str(run["base_model"]), folder, folder / MERGED_DIR, probe_items(run_dir, n_probe)[3],
+                          min_cosine=min_cosine, dtype=dtype)
+    card = folder / "README.md"
+    write_text(card, card.read_text(encoding="utf-8") + "\n".join(merged_section(MERGED_DIR)) + "\n")
     return result
 
 
@@ -189,19 +215,23 @@ def resolve_token(token: str | None = None) -> str:
 
 
 def publish(run_dir, repo_id: str, private: bool = False, dry_run: bool = False, token: str | None = None,
-            endpoint: str | None = None, n_probe: int = 32, min_cosine: float = MIN_COSINE) -> dict:
+            endpoint: str | None = None, n_probe: int = 32, min_cosine: float = MIN_COSINE,
+            merged: bool = False) -> dict:
     """Assemble, verify and (unless ``dry_run``) upload. Returns a summary without the token.
 
     The summary: ``{"repo_id", "folder", "files": [(path, size)], "verify": {...}, "dry_run",
     "private", "url"}`` (``url`` is the commit URL, None for a dry run). Nothing is uploaded when
     verification fails. A missing token is checked first, before any expensive work.
+    ``merged``: also put the merged model in ``merged/`` (:func:`add_merged`; ``summary["merged"]``
+    holds its verification), refused like the adapter when it does not reproduce the embeddings.
     """
     check_publish_args(repo_id, n_probe=n_probe, min_cosine=min_cosine, dry_run=dry_run, endpoint=endpoint)
     secret = None if dry_run else resolve_token(token)
     folder = assemble(run_dir, repo_id=repo_id)
     checked = verify(folder, run_dir, n_probe=n_probe, min_cosine=min_cosine)
+    merged_check = add_merged(folder, run_dir, n_probe=n_probe, min_cosine=min_cosine) if merged else None
     summary = {"repo_id": repo_id, "folder": str(folder), "files": listing(folder), "verify": checked,
-               "dry_run": dry_run, "private": private, "url": None}
+               "dry_run": dry_run, "private": private, "url": None, "merged": merged_check}
     if dry_run:
         return summary
     summary["url"] = _upload(folder, repo_id, private, secret, endpoint)

@@ -25,6 +25,9 @@ def register(subparsers) -> None:
     parser.add_argument("--dry-run", action="store_true", help="assemble and verify only; upload nothing, no token needed")
     parser.add_argument("--endpoint", default=None, help="Hub URL (default: HF_ENDPOINT or https://huggingface.co)")
     parser.add_argument("--n-probe", type=int, default=32, help="catalogue items re-embedded to verify (default 32)")
+    parser.add_argument("--merged", action="store_true",
+                        help="also upload the base model with the adapter merged (plain transformers safetensors, "
+                             "loadable without peft) in merged/, verified like the adapter")
     parser.add_argument("--min-cosine", type=float, default=0.999,
                         help="least cosine to the run's embedding each probe item must reach (default 0.999)")
     parser.set_defaults(handler=run_publish)
@@ -34,10 +37,13 @@ def run_publish(args) -> int:
     from align.publish import publish
 
     summary = publish(args.run_dir, args.repo_id, private=args.private, dry_run=args.dry_run,
-                      endpoint=args.endpoint, n_probe=args.n_probe, min_cosine=args.min_cosine)
+                      endpoint=args.endpoint, n_probe=args.n_probe, min_cosine=args.min_cosine,
+                      merged=args.merged)
     checked = summary["verify"]
     print(f"verified: {checked['n_probe']} probe items reproduce the run's embeddings "
           f"(min cosine {checked['min_cosine']:.6f})")
+    if summary.get("merged"):
+        print(f"merged model in merged/: min cosine {summary['merged']['min_cosine']:.6f} to the adapter's embeddings")
     if summary["dry_run"]:
         total = sum(size for _, size in summary["files"])
         print(f"dry run: would upload {len(summary['files'])} files ({_size(total)}) from {summary['folder']} "

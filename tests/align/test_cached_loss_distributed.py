@@ -38,3 +38,18 @@ def test_cached_loss_matches_the_uncached_gradients_on_two_ranks(config, data_di
     for n in rows[0]["cached"]["grads"]:
         torch.testing.assert_close(torch.tensor(rows[0]["cached"]["grads"][n]),
                                    torch.tensor(rows[1]["cached"]["grads"][n]), rtol=0, atol=tol)
+
+
+@pytest.mark.timeout(480)
+def test_cached_training_under_zero3_keeps_ranks_identical_and_saves_the_gathered_adapter(data_dir, base_model,
+                                                                                          tmp_path):
+    """The Trainer path: 3 steps under ZeRO-3 with the cached loss, hard negatives and Matryoshka dims."""
+    extra = ["loss.cache_chunk_size=6", "loss.hard_negatives=2", "loss.matryoshka_dims=[128,32]"]
+    _, out, _ = launch_two_procs("tests/align/dist_scripts/train_run.py", [data_dir, base_model, tmp_path / "run", *extra],
+                                 config="deepspeed_zero3_cpu", timeout=460)
+    rows = parse_results(out)
+    assert [r["rank"] for r in rows] == [0, 1] and all(r["deepspeed"] and r["global_step"] == 3 for r in rows)
+    assert rows[0]["param_sums"] == rows[1]["param_sums"] and rows[0]["params"] == rows[1]["params"]
+    main = rows[0]
+    assert main["adapter_same_keys"] and main["adapter_numel"] > 0
+    assert main["adapter_max_diff"] == 0.0 and main["head_max_diff"] == 0.0

@@ -339,3 +339,22 @@ def _a_png(tmp_path: Path) -> Path:
     path = tmp_path / "curve.png"
     Image.new("RGB", (8, 8), (0, 90, 200)).save(path)
     return path
+
+
+def test_publish_merged_adds_a_verified_merged_model_loadable_without_peft(run_copy, hub, no_token, capsys,
+                                                                           monkeypatch):
+    import sys
+
+    rc = main(["publish", str(run_copy), "--repo-id", "someone/tiny-items", "--dry-run", "--merged",
+               "--endpoint", hub.endpoint])
+    out = capsys.readouterr().out
+    assert rc == 0 and hub.requests == [] and "merged model in merged/: min cosine" in out
+    merged = run_copy / "publish" / "merged"
+    assert "merged/config.json" in out and (merged / "projection_head.safetensors").is_file()
+    assert not (merged / "adapter_config.json").exists()
+    assert "## Merged model (no peft)" in (run_copy / "publish" / "README.md").read_text()
+    monkeypatch.setitem(sys.modules, "peft", None)  # the merged folder loads with transformers alone
+    from align.export import load_export_model
+
+    embedder, batcher = load_export_model(str(merged), str(merged))
+    assert not any("lora" in name for name, _ in embedder.named_parameters())
