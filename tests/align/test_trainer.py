@@ -280,6 +280,39 @@ def test_train_command_rejects_bad_machine_flags_in_one_line(flags, message, cap
     assert len(err) == 1 and message in err[0]
 
 
+class _EngineDouble:
+    """What load_trainable_engine_state uses of a DeepSpeed engine: load_checkpoint with a custom
+    load function (the real engine is exercised by the two-rank resume tests)."""
+
+    def __init__(self, module, saved):
+        self.module, self.saved = module, saved
+
+    def load_checkpoint(self, path, load_module_strict, load_optimizer_states, load_lr_scheduler_states, custom_load_fn):
+        assert not load_module_strict and load_optimizer_states and load_lr_scheduler_states
+        if self.saved is None:
+            return None, None
+        custom_load_fn(src=self.saved, dst=self.module)
+        return path, {}
+
+
+def test_trainable_engine_state_needs_every_trainable_parameter_and_no_frozen_one():
+    from align.trainer import load_trainable_engine_state
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    model[0].requires_grad_(False)  # the frozen "base"
+    trainable = {k: torch.full_like(v, 7.0) for k, v in model.state_dict().items() if k.startswith("1.")}
+    frozen_before = model[0].weight.detach().clone()
+    load_trainable_engine_state(_EngineDouble(model, trainable), "ckpt")
+    assert torch.equal(model[1].weight, torch.full((2, 2), 7.0)) and torch.equal(model[0].weight, frozen_before)
+    with pytest.raises(DataError, match=r"ckpt: the DeepSpeed checkpoint lacks the trainable parameter '1.bias'"):
+        load_trainable_engine_state(_EngineDouble(model, {"1.weight": trainable["1.weight"]}), "ckpt")
+    with pytest.raises(DataError, match=r"ckpt: the DeepSpeed checkpoint holds 'extra'"):
+        load_trainable_engine_state(_EngineDouble(model, {**trainable, "extra": torch.zeros(1)}), "ckpt")
+    with pytest.raises(DataError, match=r"ckpt: no DeepSpeed checkpoint"):
+        load_trainable_engine_state(_EngineDouble(model, None), "ckpt")
+
+
 def test_train_command_reports_bad_input_in_one_line(tmp_path, capsys):
     from align.cli import main
 
