@@ -26,11 +26,13 @@ from lis.errors import DataError
 logger = logging.getLogger(__name__)
 
 BUILDERS = ("co_engagement", "ranker_knn", "category", "random")
-# The simulated sessions hold about one engagement each, so the session-bound NoteLLM default
-# finds few pairs; the demo pairs engagements of a user within 60 days instead.
-DEMO_BUILDER_OPTIONS = {
-    "co_engagement": {"same_session": False, "max_gap_seconds": 60 * 86400, "window": 50, "top_k": 50},
-}
+# Every builder runs with its default options: the feed-like world's sessions give co-engagement
+# pairs headroom without tuning. Training overrides of the recipe, so LIS steers the run:
+# asynchronous validation every 50 steps (training never waits for it), early stopping after 3
+# scored evaluations without an improvement of at least 0.001 AUC gain, a step budget it should
+# not reach.
+DEMO_TRAINING = ("lis.mode=async", "training.eval_steps=50", "training.save_steps=50", "training.logging_steps=25",
+                 "training.max_steps=1000", "lis.early_stopping_patience=3", "lis.early_stopping_min_delta=0.001")
 DEMO_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "tiny_cpu.yaml"
 
 
@@ -60,7 +62,7 @@ def compare_builders(datadir, out: Path, seed: int, builders=BUILDERS):
     from lis.report import write_report
 
     start = time.perf_counter()
-    config = EvaluatorConfig(seed=seed, builder_options=DEMO_BUILDER_OPTIONS, oracle_steps=300)
+    config = EvaluatorConfig(seed=seed, oracle_steps=300)
     evaluator = LISEvaluator(datadir.log, datadir.catalogue, config, name=f"{datadir.path}/log")
     report = evaluator.report({}, builders=builders, with_segments=False, progress=lambda m: say("  " + m))
     write_report(report, out / "builders" / "lis_report.json")
@@ -103,11 +105,9 @@ def run_demo(out="runs/demo", seed: int = 0, preset: str = "demo", overrides=(),
     evaluator, builders_report = compare_builders(datadir, out, seed)
     builder = training_builder(builders_report["lis"])
     say(f"training on the fit-window pairs of the best builder: {builder}")
-    options = DEMO_BUILDER_OPTIONS.get(builder, {})
     recipe = load_recipe(DEMO_RECIPE, [
         f"data.data_dir={data_dir}", f"data.builder={builder}", f"lis.builder={builder}",
-        f"training.output_dir={out / 'train'}", f"training.seed={seed}",
-        "data.builder_options=" + json.dumps(options), *overrides,
+        f"training.output_dir={out / 'train'}", f"training.seed={seed}", *DEMO_TRAINING, *overrides,
     ])
     if (out / "train").exists():  # the demo's own output: a rerun starts clean, never resumes
         import shutil
@@ -119,6 +119,7 @@ def run_demo(out="runs/demo", seed: int = 0, preset: str = "demo", overrides=(),
     train_seconds = time.perf_counter() - train_start
     callback = result["lis_callback"]
     summary = summarize(result, callback, builders_report, builder, train_seconds, out)
+    summary["steering"] = steering(result, callback, recipe)
     if publish:
         from align.publish import publish as publish_run
 
@@ -159,9 +160,65 @@ def summarize(result, callback, builders_report, builder, train_seconds, out: Pa
     }
 
 
+def steering(result, callback, recipe) -> dict:
+    """How LIS steered the run: scored evaluations, where early stopping fired and why, the best checkpoint."""
+    import math
+
+    metric = recipe.lis.metric_for_best_model
+    scored = [h for h in callback.history if h["step"] > 0 and math.isfinite(h.get(metric, math.nan))]
+    state = result["trainer"].state
+    stopped = getattr(callback, "stopped", None)
+    if stopped is None and state.global_step < state.max_steps:
+        stopped = {"step": int(state.global_step), "reason": "early_stopping",
+                   "last_scored_step": max((h["step"] for h in scored), default=None)}
+    best = next((h for h in scored if h["step"] == result["best_step"]), None)
+    improved_after = [h["step"] for h in scored if best is not None and h["step"] > best["step"]]
+    lags = [h["lag_steps"] for h in scored if "lag_steps" in h]
+    return {
+        "mode": recipe.lis.mode, "metric": metric, "scored_evaluations": len(scored), "max_steps": recipe.training.max_steps,
+        "eval_steps": recipe.training.eval_steps, "patience": recipe.lis.early_stopping_patience,
+        "min_delta": recipe.lis.early_stopping_min_delta, "stopped": stopped,
+        "best_checkpoint": None if best is None else f"checkpoint-{best['step']}",
+        "best_value": None if best is None else best[metric],
+        "scored_after_best": improved_after, "lag_steps": [min(lags), max(lags)] if lags else None,
+        "failure": getattr(callback, "failure", None),
+    }
+
+
 def _eta(entry: dict):
     value = entry.get("eval_lis_efficiency")
     return None if value is None or value != value else value
+
+
+def steering_lines(s: dict) -> list[str]:
+    """The summary's account of how LIS steered training: stop, best checkpoint and why, validation cost."""
+    st, cb = s.get("steering") or {}, s["callback_seconds"]
+    lines = []
+    if st:
+        lag = st["lag_steps"]
+        lines.append(f"  LIS validation: {st['scored_evaluations']} scored evaluations, every {st['eval_steps']} steps, "
+                     f"{st['mode']}" + (f" (results arrived {lag[0]}-{lag[1]} steps after their checkpoint)" if lag else ""))
+        stop = st["stopped"]
+        if st.get("failure"):
+            lines.append(f"  LIS scorer failed: {st['failure']}")
+        if stop and stop["reason"] == "early_stopping":
+            lines.append(f"  early stopping at step {stop['step']} of {st['max_steps']}: {st['metric']} did not improve by more "
+                         f"than {st['min_delta']:g} in {st['patience']} scored evaluation(s) after the best "
+                         f"(last scored: step {stop['last_scored_step']})")
+        elif stop:
+            lines.append(f"  training stopped at step {stop['step']}: {stop['reason']}")
+        else:
+            lines.append(f"  no early stop: the {st['max_steps']}-step budget ran out while {st['metric']} still improved")
+        if st["best_checkpoint"]:
+            lines.append(f"  best checkpoint: {st['best_checkpoint']}, the highest {st['metric']} ({st['best_value']:+.4f}) of "
+                         f"{st['scored_evaluations']} scored evaluations; {len(st['scored_after_best'])} later one(s) "
+                         "scored lower; its adapter is train/best")
+    if "wait" in cb:
+        lines.append(f"  training waited on LIS validation {cb['wait']:.1f} s + final drain {cb['drain']:.1f} s of "
+                     f"{s['train_seconds']:.0f} s training (the scorer process exported and scored beside it)")
+    else:
+        lines.append(f"  LIS callback: export {cb['export']:.0f} s + scoring {cb['score']:.0f} s of {s['train_seconds']:.0f} s training")
+    return lines
 
 
 def print_summary(s: dict) -> None:
@@ -179,8 +236,8 @@ def print_summary(s: dict) -> None:
     lo, hi = s["eta_best_ci"]
     eta_ci = "" if lo is None else f" [{lo:.2f}, {hi:.2f}]"
     print(f"  AIS at best step: {fmt(s['ais_best'])}   eta {fmt_eta(s['eta_best'])}{eta_ci}")
-    cb = s["callback_seconds"]
-    print(f"  LIS callback: export {cb['export']:.0f} s + scoring {cb['score']:.0f} s of {s['train_seconds']:.0f} s training")
+    for line in steering_lines(s):
+        print(line)
     for name, path in s["outputs"].items():
         print(f"  {name:<17} {path}")
     if "publish_folder" in s:

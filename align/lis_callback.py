@@ -20,7 +20,7 @@
 * **Outputs** (rank 0, all written atomically, in ``out_dir``): ``evals.jsonl`` (one line per
   evaluation), TensorBoard scalars under ``runs/lis``, and at the end ``lis_report.json``/``.md``
   (the evaluator's report for the best step's table) and ``lis_curve.png`` (AIS and eta against
-  step with the LIS ceiling drawn).
+  step with the LIS ceiling, eval_loss, the best and the early-stop step: :mod:`align.lis_curve`).
 
 Limits: ``eval_lis_efficiency`` is NaN while the LIS interval includes 0 (never "best");
 ``max_eval_items`` restricts the items exported (and so the impressions scored) for speed; the
@@ -34,10 +34,10 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 from transformers import TrainerCallback
 
 from align.checkpoint import EVALS, LIS_CURVE, LIS_REPORT, LIS_REPORT_MD
+from align.lis_curve import eval_loss_points, write_curve
 from align.strict_json import finite
 from lis.atomic import write_text
 from lis.errors import DataError
@@ -222,8 +222,9 @@ class LISValidationCallback(TrainerCallback):
         if self._writer:
             self._writer.close()
         best_step = state.best_global_step or self.best_entry(args.metric_for_best_model)["step"]
+        stop_step = state.global_step if state.global_step < state.max_steps else None  # stopped early
         write_curve(self.history, self.lis_scores, self.out_dir / LIS_CURVE, best_step=best_step,
-                    builder=self.builder)
+                    builder=self.builder, eval_loss=eval_loss_points(state.log_history), stop_step=stop_step)
         logger.info("LIS callback time: export %.1f s, scoring %.1f s, set-up %.1f s", self.seconds["export"],
                     self.seconds["score"], self.seconds["setup"])
 
@@ -276,43 +277,6 @@ def _embedder_of(model):
         return inner.embedder
     raise DataError("LISValidationCallback: the Trainer's model has no 'embedder' attribute (an ItemEmbedder); "
                     "wrap the VLM in align.trainer.AlignmentModel.")
-
-
-def write_curve(history: list[dict], lis: dict, png_path, best_step: int | None = None, builder: str = "") -> None:
-    """PNG of AIS (with intervals) and eta against step, the LIS ceiling drawn as a band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from lis.atomic import atomic_path
-
-    steps = np.array([h["step"] for h in history])
-    ais = np.array([h["eval_ais_auc"] for h in history])
-    lo = np.array([h["eval_ais_auc_lo"] for h in history])
-    hi = np.array([h["eval_ais_auc_hi"] for h in history])
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.fill_between(steps, lo, hi, alpha=0.25, color="tab:orange")
-    left.plot(steps, ais, marker="o", color="tab:orange", label="AIS (AUC gain)")
-    left.axhline(lis["auc_gain"], color="tab:blue", linestyle="--", label=f"LIS ceiling ({builder})")
-    left.axhspan(*lis["auc_gain_ci"], color="tab:blue", alpha=0.12)
-    left.axhline(0.0, color="black", linewidth=0.8)
-    if best_step is not None:
-        left.axvline(best_step, color="grey", linestyle=":", label=f"best step {best_step}")
-    left.set_xlabel("step")
-    left.set_ylabel("AUC gain over the base ranker")
-    left.set_title("AIS against the LIS ceiling", fontsize=10)
-    left.legend(fontsize=8)
-    eta = np.array([h.get("eval_lis_efficiency", math.nan) for h in history], dtype=float)
-    right.plot(steps, eta, marker="o", color="tab:green")
-    right.axhline(1.0, color="tab:blue", linestyle="--", linewidth=1)
-    right.set_xlabel("step")
-    right.set_ylabel("eta = AIS / LIS")
-    right.set_title("efficiency" + ("" if np.isfinite(eta).any() else " (n/a: LIS interval includes 0)"), fontsize=10)
-    fig.tight_layout()
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
 
 
 def write_lis_report(report: dict, out_dir) -> None:

@@ -1,0 +1,42 @@
+"""run_training with asynchronous LIS validation on every rank of an accelerate launch.
+
+Args: DATA_DIR BASE_MODEL OUT_DIR [key=value ...]. Saves every 10 steps with save_total_limit 1,
+reads scored results at every step, early stopping with patience 1 and a min_delta no AUC gain
+can reach (so it fires when the second scored checkpoint arrives), and a step budget (400) the
+run should never reach. The test slows the scorer down and kills it through the scorer's
+testing hooks (environment variables, align/async_scorer.py). Each rank prints what it saw.
+"""
+import json
+import sys
+
+BUILDER_OPTIONS = {"same_session": False, "max_gap_seconds": 5184000, "window": 50, "top_k": 50}
+
+
+def main():
+    from align.config import load_recipe
+    from align.train import run_training
+    from tests.helpers_dist import print_result
+
+    data_dir, base_model, out_dir, *extra = sys.argv[1:]
+    recipe = load_recipe("recipes/configs/tiny_cpu.yaml", [
+        f"data.data_dir={data_dir}", f"model.path={base_model}", f"training.output_dir={out_dir}",
+        "data.builder_options=" + json.dumps(BUILDER_OPTIONS),
+        "training.max_steps=400", "training.eval_steps=10", "training.save_steps=10", "training.logging_steps=1",
+        "training.save_total_limit=1", "training.per_device_train_batch_size=8", "training.export_batch_size=32",
+        "training.report_to=[]", "lis.enabled=true", "lis.mode=async", "lis.max_eval_items=100",
+        "lis.early_stopping_patience=1", "lis.early_stopping_min_delta=1.0", "lis.scorer_timeout=120", *extra])
+    result = run_training(recipe)
+    trainer, callback = result["trainer"], result["lis_callback"]
+    state = trainer.state
+    print_result({
+        "rank": trainer.args.process_index, "world_size": trainer.args.world_size,
+        "max_steps": recipe.training.max_steps, "global_step": state.global_step,
+        "should_training_stop": bool(trainer.control.should_training_stop),
+        "best_global_step": state.best_global_step, "best_model_checkpoint": state.best_model_checkpoint,
+        "history": json.dumps(callback.history), "stopped": callback.stopped, "failure": callback.failure,
+        "seconds": callback.seconds,
+    })
+
+
+if __name__ == "__main__":
+    main()
