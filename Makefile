@@ -35,7 +35,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	else \
 	  $(PIP) install --quiet torch==$(TORCH_VERSION) --index-url $(TORCH_CPU_INDEX) --extra-index-url https://pypi.org/simple; \
 	fi
-	$(PIP) install --quiet -e ".[align,dev]"
+	$(PIP) install --quiet -e ".[align,dev,spark]"
+	@$(PY) -c "from lis.spark.session import JAVA_HINT, java_major as j; v = j(); v is not None and v >= 17 or print('note: the Spark engine (lis score --engine spark and its tests) needs Java 17: ' + JAVA_HINT)"
 	@touch $@
 
 demo: install

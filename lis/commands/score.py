@@ -63,6 +63,12 @@ def register(subparsers) -> None:
     score.add_argument("--oracle-steps", type=int, default=600, metavar="N",
                        help="training steps of each oracle table (default: %(default)s)")
     score.add_argument("--no-segments", action="store_true", help="skip the per-segment gains of each table")
+    score.add_argument("--engine", choices=("memory", "spark"), default="memory",
+                       help="memory (default) or spark: the same numbers on Apache Spark, reading the log as a "
+                            "Parquet file or dataset folder (DIR/log.parquet or DIR/log/); needs pyspark and Java 17")
+    score.add_argument("--spark-master", metavar="URL", help="Spark master (default: local[*])")
+    score.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
+                       help="a Spark setting (repeatable), e.g. spark.driver.memory=8g")
     score.set_defaults(handler=run_score)
 
 
@@ -71,6 +77,7 @@ def run_score(args) -> int:
     from lis.datadir import load_datadir
     from lis.evaluator import EvaluatorConfig, LISEvaluator
     from lis.report import render_markdown, write_report
+    from lis.spark.session import parse_conf
 
     started = time.perf_counter()
     builders = args.builder or ["co_engagement"]
@@ -78,14 +85,19 @@ def run_score(args) -> int:
     check_score_args(args, table_paths(args.embeddings), [opts.get("path") for opts in options.values()])
     tables = load_tables(args.embeddings)
     progress(f"loading {args.data}")
-    data = load_datadir(args.data, check_images=False)
-    config = EvaluatorConfig(
+    if args.engine == "spark":
+        from lis.spark.cli import load_spark_log
+
+        data, _ = load_spark_log(args.data, args.spark_master, args.spark_conf)
+    else:
+        data = load_datadir(args.data, check_images=False)
+    config = EvaluatorConfig(engine=args.engine, spark_master=args.spark_master, spark_conf=parse_conf(args.spark_conf),
         eval_fraction=args.eval_fraction, history_len=args.history_len, ranker=args.ranker, mode=args.mode,
         n_bootstrap=args.bootstrap, lis_mode=args.lis_mode, oracle_dim=oracle_dim(args.oracle_dim, tables),
         oracle_steps=args.oracle_steps, seed=args.seed, builder_options=options,
     )
     config.check()
-    progress(f"preparing the evaluator ({len(data.log):,} impressions, ranker {args.ranker})")
+    progress(f"preparing the evaluator ({args.engine} engine, ranker {args.ranker})")
     evaluator = LISEvaluator(data.log, data.catalogue, config, name="log.parquet")
     for name, table in tables.items():   # refuse leaked or foreign tables before the slow part
         evaluator.check_table(table, name)

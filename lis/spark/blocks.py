@@ -52,7 +52,7 @@ def make_blocks(log, n: int, *, eval_start: int, probe_split: int, max_len: int,
         block = {"users": codes.astype(np.int64), "user_ids": np.asarray(uniques, dtype=object),
                  "keys": user_keys(np.asarray(uniques)), "labels": rows["label"].to_numpy().astype(np.int8),
                  "is_test": rows["timestamp"].to_numpy() >= probe_split, "fold": rows["fold"].to_numpy(np.int64),
-                 "base_logit": logit, "index": index}
+                 "base_logit": logit, "index": index, "order": rows[list(ORDER)].reset_index(drop=True)}
         return pd.DataFrame({"blob": [pickle.dumps(block, protocol=pickle.HIGHEST_PROTOCOL)]})
 
     packed = bucketed.groupBy("_block").applyInPandas(pack, schema="blob binary")

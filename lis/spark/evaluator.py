@@ -130,6 +130,17 @@ class SparkLISEvaluator(LISEvaluator):
         out["mode"] = "probe"
         return out
 
+    def collect_columns(self, table: EmbeddingTable) -> pd.DataFrame:
+        """Features and controls of every evaluation row with its order key, on the driver: for
+        comparing engines on small logs (it collects what grows with the log)."""
+        shared = self.spark.sparkContext.broadcast(table)
+
+        def local(block):
+            phi, controls = B.table_columns(block, shared.value)
+            return block["order"].assign(**{f"c{j}": col for j, col in enumerate(np.hstack([phi, controls]).T)})
+        frame = pd.concat(self.blocks.map(local).collect(), ignore_index=True)
+        return frame.sort_values(["timestamp", "_file", "_row"], kind="stable").reset_index(drop=True)
+
     # ------------------------------------------------------------------ LIS
     def leaked_slice(self, fold: int):
         from pyspark.sql import functions as F

@@ -39,57 +39,82 @@ def _standardise(rdd, key: str):
     return mean, scale, n
 
 
-def _pass(rdd, key: str, rows: int, beta: np.ndarray):
-    """Sums of loss, gradient and Hessian of the logistic loss at ``beta`` over all blocks."""
+def _stats(XT: np.ndarray, y: np.ndarray, beta: np.ndarray):
+    """Loss, gradient and Hessian sums of the logistic loss at ``beta`` on columns ``XT``."""
+    z = beta[0] + beta[1:] @ XT
+    loss, e = _loss_terms(z, y)
+    p = _sigmoid_from(z, e)
+    residual, w = p - y, p * (1.0 - p)
+    grad = np.concatenate(([residual.sum()], XT @ residual))
+    hess = np.empty((len(beta), len(beta)))
+    hess[0, 0] = w.sum()
+    hess[0, 1:] = hess[1:, 0] = XT @ w
+    hess[1:, 1:] = _weighted_gram(XT, w)
+    return loss * len(y), grad, hess
+
+
+def _pass(rdd, points: list):
+    """One job: the sums of :func:`_stats` at every ``(key, rows, beta)`` of ``points``."""
     def local(block):
-        XT, y = block[key][:rows], block["y"]
-        z = beta[0] + beta[1:] @ XT
-        loss, e = _loss_terms(z, y)
-        p = _sigmoid_from(z, e)
-        residual, w = p - y, p * (1.0 - p)
-        grad = np.concatenate(([residual.sum()], XT @ residual))
-        hess = np.empty((len(beta), len(beta)))
-        hess[0, 0] = w.sum()
-        hess[0, 1:] = hess[1:, 0] = XT @ w
-        hess[1:, 1:] = _weighted_gram(XT, w)
-        return loss * len(y), grad, hess
+        return [_stats(block[key][:rows], block["y"], beta) for key, rows, beta in points]
     parts = rdd.map(local).collect()
-    return sum(p[0] for p in parts), np.sum([p[1] for p in parts], axis=0), np.sum([p[2] for p in parts], axis=0)
+    return [tuple(np.sum([part[j][m] for part in parts], axis=0) for m in range(3)) for j in range(len(points))]
 
 
-def newton(rdd, key: str, rows: int, n: int, beta: np.ndarray) -> np.ndarray:
-    """Damped Newton with backtracking on the first ``rows`` standardised columns of ``key``."""
-    penalty = np.full(rows + 1, _L2)
-    penalty[0] = 0.0
-    beta = np.array(beta, dtype=np.float64)
-    loss, grad, hess = _pass(rdd, key, rows, beta)
-    objective = loss / n + 0.5 * np.dot(penalty, beta ** 2)
-    for _ in range(_MAX_ITER):
-        g = grad / n + penalty * beta
-        step = np.linalg.solve(hess / n + np.diag(penalty + 1e-12), g)
+class _Fit:
+    """One damped Newton fit (the in-memory rules: backtracking, same stopping tests)."""
+
+    def __init__(self, key: str, rows: int, beta: np.ndarray, n: int):
+        self.key, self.rows, self.n = key, rows, n
+        self.penalty = np.full(rows + 1, _L2)
+        self.penalty[0] = 0.0
+        self.beta, self.candidate, self.t, self.step = None, np.array(beta, dtype=np.float64), 1.0, None
+        self.done, self.iterations = False, 0
+
+    def value(self, loss: float, beta: np.ndarray) -> float:
+        return loss / self.n + 0.5 * np.dot(self.penalty, beta ** 2)
+
+    def update(self, loss, grad, hess) -> None:
+        """Take the evaluated candidate's sums; set the next candidate or finish."""
+        value = self.value(loss, self.candidate)
+        if self.beta is not None and not (value <= self.objective + 1e-15 or self.t < 1e-8):
+            self.t *= 0.5                                   # backtrack
+            self.candidate = self.beta - self.t * self.step
+            return
+        if self.beta is not None:
+            improvement, moved = self.objective - value, np.max(np.abs(self.t * self.step))
+        self.beta, self.objective, self.grad, self.hess = self.candidate, value, grad, hess
+        self.iterations += 1
+        if self.iterations > 1 and (moved < _TOL or improvement < _TOL * 1e-3) or self.iterations > _MAX_ITER:
+            self.done = True
+            return
+        g = grad / self.n + self.penalty * self.beta
+        step = np.linalg.solve(hess / self.n + np.diag(self.penalty + 1e-12), g)
         if np.max(np.abs(step)) < _TOL or 0.5 * np.dot(g, step) < _TOL * 1e-3:
-            return beta - step
-        t = 1.0
-        while True:
-            candidate = beta - t * step
-            loss, grad_c, hess_c = _pass(rdd, key, rows, candidate)
-            value = loss / n + 0.5 * np.dot(penalty, candidate ** 2)
-            if value <= objective + 1e-15 or t < 1e-8:
-                break
-            t *= 0.5
-        beta, grad, hess = candidate, grad_c, hess_c
-        improvement, objective = objective - value, value
-        if np.max(np.abs(t * step)) < _TOL or improvement < _TOL * 1e-3:
-            break
-    return beta
+            self.beta, self.done = self.beta - step, True
+            return
+        self.step, self.t = step, 1.0
+        self.candidate = self.beta - step
 
 
-def _paired(rdd, key: str, k: int, p: int, n: int, rate: float):
-    start = np.zeros(k + 1)
+def newton_many(rdd, fits: list[_Fit]) -> list[np.ndarray]:
+    """Run several fits side by side: each pass over the blocks serves every unfinished fit."""
+    while True:
+        active = [fit for fit in fits if not fit.done]
+        if not active:
+            return [fit.beta for fit in fits]
+        for fit, sums in zip(active, _pass(rdd, [(f.key, f.rows, f.candidate) for f in active])):
+            fit.update(*sums)
+
+
+def _paired(rdd, k: int, p: int, n: int, rate: float):
+    """Baseline (first k columns) and full probes, global ('XT') and within-user ('WT'). Both
+    start at the base rate (the in-memory full fit starts at the baseline's optimum: the same
+    unique optimum, reached here in the same passes as the baseline)."""
+    start = np.zeros(p + 1)
     start[0] = np.log(rate / (1.0 - rate))
-    without = newton(rdd, key, k, n, start)
-    with_ = newton(rdd, key, p, n, np.concatenate((without, np.zeros(p - k))))
-    return without, with_
+    fits = [_Fit(key, rows, start[:rows + 1], n) for key in ("XT", "WT") for rows in (k, p)]
+    return newton_many(rdd, fits)
 
 
 def probe_gain(columns, n_resamples: int, seed: int, level: float = 0.95) -> dict:
@@ -118,8 +143,7 @@ def probe_gain(columns, n_resamples: int, seed: int, level: float = 0.95) -> dic
     fit = fit.map(lambda b: b | {"WT": (b["WT"] - w_mean[:, None]) / w_scale[:, None]})
     fit = fit.persist(StorageLevel.MEMORY_AND_DISK)
     rate = sum(fit.map(lambda b: b["y"].sum()).collect()) / n
-    g_without, g_with = _paired(fit, "XT", k, p, n, rate)
-    w_without, w_with = _paired(fit, "WT", k, p, n, rate)
+    g_without, g_with, w_without, w_with = _paired(fit, k, p, n, rate)
     fit.unpersist()
 
     def scores(block):
