@@ -29,3 +29,24 @@ def test_bad_fields_are_named_with_the_file_and_value(override, message):
     with pytest.raises(ConfigError) as caught:
         load_recipe(TINY, [override])
     assert str(caught.value).startswith(f"{TINY}: ") and message in str(caught.value)
+
+
+def test_contrastive_options_default_off_and_parse():
+    loss = load_recipe(TINY).loss
+    assert (loss.hard_negatives, loss.cache_chunk_size, loss.matryoshka_dims) == (0, 0, None)
+    loss = load_recipe(TINY, ["loss.hard_negatives=4", "loss.cache_chunk_size=64", "loss.matryoshka_dims=64,32"]).loss
+    assert (loss.hard_negatives, loss.cache_chunk_size, loss.matryoshka_dims) == (4, 64, [64, 32])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["loss.hard_negatives=-1"], "field 'loss.hard_negatives' must be 0 (off) or positive; got -1"),
+    (["loss.cache_chunk_size=8", "training.gradient_accumulation_steps=4"],
+     "field 'loss.cache_chunk_size' needs training.gradient_accumulation_steps: 1"),
+    (["loss.matryoshka_dims=[256]"], "field 'loss.matryoshka_dims' must be distinct integers in [1, embedder.dim=128]; got [256]"),
+    (["loss.matryoshka_dims=[64,64]"], "field 'loss.matryoshka_dims' must be distinct integers"),
+    (["loss.matryoshka_dims=[]"], "field 'loss.matryoshka_dims' must be distinct integers"),
+])
+def test_bad_contrastive_options_are_named(overrides, message):
+    with pytest.raises(ConfigError) as caught:
+        load_recipe(TINY, overrides)
+    assert str(caught.value).startswith(f"{TINY}: ") and message in str(caught.value)

@@ -197,6 +197,17 @@ def test_card_without_a_hub_base_model_omits_it_and_names_only_the_folder():
     assert "**simulated**" in render_card(run, REPORT)
 
 
+def test_card_lists_the_matryoshka_dimensions_with_their_ais():
+    run = {"base_model": "tiny", "best_step": 3, "recipe": {"loss": {"matryoshka_dims": [32, 128]}},
+           "best_metric": {"eval_ais_auc_d128": 0.02, "eval_ais_auc_d128_lo": 0.01, "eval_ais_auc_d128_hi": 0.03,
+                           "eval_ais_auc_d32": 0.015, "eval_ais_auc_d32_lo": 0.005, "eval_ais_auc_d32_hi": 0.025},
+           "data": {"builder": "co_engagement"}}
+    card = render_card(run, REPORT)
+    assert "trained at D = 128, 32" in card and "--dim D" in card
+    assert "| 128 | +0.0200 [+0.0100, +0.0300] |" in card and "| 32 | +0.0150 [+0.0050, +0.0250] |" in card
+    assert "Matryoshka" not in render_card({k: v for k, v in run.items() if k != "recipe"}, REPORT)
+
+
 def test_assembled_folder_holds_only_whitelisted_files(run_dir, tmp_path):
     folder = assemble(run_dir, tmp_path / "out")
     assert {p.name for p in folder.iterdir()} == EXPECTED
