@@ -320,7 +320,7 @@ def _check_loss(src: str, recipe: Recipe) -> None:
 
 
 # transformers.SchedulerType's values (5.x), listed so reading a recipe does not import torch;
-# tests/align/test_bad_input.py checks the list against the installed transformers.
+# tests/align/test_bad_input_training.py checks the list against the installed transformers.
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
               "warmup_stable_decay", "greedy")

@@ -1,6 +1,6 @@
 """The launcher's process tree dies together (align/launcher.py), shown with stand-in processes:
 an "agent" that starts a "worker" in a session of its own, as torch's elastic agent does.
-(tests/align/test_faults.py kills a real two-process ``lis-align train``.)"""
+(tests/align/test_faults_training.py kills a real two-process ``lis-align train``.)"""
 from __future__ import annotations
 
 import os
