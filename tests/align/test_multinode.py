@@ -43,6 +43,12 @@ def _per_rank_state(steps, shard=False):
     return files
 
 
+def _wrote_the_run(writes) -> bool:
+    """True when these writes include run.json, the best/ folder and the LIS log (the spy sees them)."""
+    paths = {w.split(" ", 1)[1] for w in writes}
+    return {"run.json", "evals.jsonl"} <= paths and any(p == "best" or p.startswith("best") for p in paths)
+
+
 def _check_run_dir(out):
     run = json.loads((out / "run.json").read_text())
     assert run["global_step"] == 4 and run["best_step"] in (2, 4)
@@ -53,14 +59,14 @@ def _check_run_dir(out):
     return run
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 def test_two_machines_through_accelerate_launch_train_alike_stop_together_and_machine_0_writes(
         data_dir, base_model, tmp_path):
     out = tmp_path / "run"
     port = free_port()
     argvs = [accelerate_argv("cpu_2proc", [SCRIPT, data_dir, base_model, out], machine_rank=r, port=port)
              for r in (0, 1)]
-    runs = launch_machines(argvs, timeout=260)
+    runs = launch_machines(argvs, timeout=420)
     rows = parse_results(runs[0][1] + runs[1][1])  # each machine prints its own rank's line
     assert [(r["rank"], r["machine_rank"], r["local_rank"], r["world_size"]) for r in rows] == [(0, 0, 0, 2), (1, 1, 0, 2)]
     main, other = rows
@@ -69,7 +75,7 @@ def test_two_machines_through_accelerate_launch_train_alike_stop_together_and_ma
         assert r["global_step"] == 4 < r["max_steps"] and r["should_training_stop"] and r["history_steps"] == [0, 2, 4]
     assert main["best_global_step"] == other["best_global_step"] == main["result_best_step"]
     assert set(other["writes"]) == _per_rank_state((2, 4))
-    assert {"os.rename run.json", "os.rename best", "open evals.jsonl"} <= set(main["writes"])
+    assert _wrote_the_run(main["writes"]) and not _wrote_the_run(other["writes"])
     _check_run_dir(out)
 
 
@@ -80,7 +86,7 @@ def _train_command(data_dir, base_model, out, machine_rank, port):
             "--main-process-port", str(port)]
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 def test_two_machines_through_lis_align_train_under_zero2(data_dir, base_model, tmp_path):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
@@ -89,7 +95,7 @@ def test_two_machines_through_lis_align_train_under_zero2(data_dir, base_model, 
     # The spy (a sitecustomize on PYTHONPATH) records what each torchrun worker writes under out.
     env = {"LIS_ALIGN_WRITE_SPY": out,
            "PYTHONPATH": os.pathsep.join([str(SPY_SITE), str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
-    runs = launch_machines([_train_command(data_dir, base_model, out, r, port) for r in (0, 1)], timeout=260, env=env)
+    runs = launch_machines([_train_command(data_dir, base_model, out, r, port) for r in (0, 1)], timeout=420, env=env)
     done = [[line for line in stdout.splitlines() if line.startswith("TRAINING DONE ")] for _, stdout, _ in runs]
     assert len(done[0]) == 1 and done[1] == []  # the result is reported by the main machine only
     assert json.loads(done[0][0][len("TRAINING DONE "):])["global_step"] == 4
@@ -98,7 +104,7 @@ def test_two_machines_through_lis_align_train_under_zero2(data_dir, base_model, 
     assert sorted((w["rank"], w["machine_rank"]) for w in writes) == [(0, 0), (1, 1)]
     by_rank = {w["rank"]: set(w["writes"]) for w in writes}
     assert by_rank[1] == _per_rank_state((2, 4), shard=True)
-    assert {"os.rename run.json", "os.rename best"} <= by_rank[0]
+    assert _wrote_the_run(by_rank[0])
     run = _check_run_dir(out)
     assert run["recipe"]["training"]["max_steps"] == 20
     # Both machines hold the same parameters: machine 1's optimizer shard (its fp32 master
