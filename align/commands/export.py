@@ -106,13 +106,12 @@ def run_export(args) -> int:
 
 
 def check_export_paths(args) -> None:
-    """--adapter exists with its head; --out is a file, and none of the inputs (data tables and
-    images, the model and adapter folders, the ids file) -- checked where paths resolve, before
-    any model is loaded."""
+    """--adapter exists with its head; --out is a file and --merged a folder, neither one of the
+    inputs (data tables and images, the model and adapter folders, the ids file) nor holding
+    one -- checked where paths resolve, before any model is loaded."""
     from lis.datadir import datadir_inputs
-    from lis.paths import check_output_file
-
     from lis.errors import DataError
+    from lis.paths import check_output_dir, check_output_file
 
     if args.adapter is not None:  # before the model loads: a typo costs nothing
         adapter = Path(args.adapter)
@@ -122,8 +121,9 @@ def check_export_paths(args) -> None:
             raise DataError(f"projection_head.json: not found in {adapter} (--adapter); give a checkpoint folder "
                             "of a training run (RUN_DIR/best, RUN_DIR/checkpoint-N) or a published folder.")
     folders = [path for path in (args.model, args.adapter) if path is not None and Path(path).is_dir()]
-    if args.out is not None:
-        check_output_file(args.out, "--out", [*datadir_inputs(args.data), *folders, args.ids_file])
+    inputs = [*datadir_inputs(args.data), *folders, args.ids_file]
+    check_output_file(args.out, "--out", inputs)
+    check_output_dir(getattr(args, "merged", None), "--merged", inputs)  # replacing it must not delete an input
 
 
 def _write_merged(args, items) -> None:

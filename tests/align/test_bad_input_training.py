@@ -155,6 +155,12 @@ EXPORT = {
         ["--out", "e.safetensors", "adapter"]),
     "out_is_the_ids_file": lambda ws: (
         _export(ws, "--ids-file", ws.file("ids.txt", "i0\n"), out=ws.tmp / "ids.txt"), ["--out", "ids.txt", "input"]),
+    "merged_holds_the_model": lambda ws: (
+        _export(ws, "--adapter", ws.file("adapter/projection_head.json", "{}").parent, "--merged", ws.model.parent),
+        ["--merged", "input"]),
+    "merged_is_a_file": lambda ws: (
+        _export(ws, "--adapter", ws.file("adapter/projection_head.json", "{}").parent, "--merged", ws.file("m.bin", b"x")),
+        ["--merged", "m.bin", "file"]),
     "batch_size_0": lambda ws: (_export(ws, "--batch-size", "0"), ["--batch-size", "0"]),
     "dtype_bad": lambda ws: (_export(ws, "--dtype", "int4"), ["--dtype", "'int4'"]),
     "trained_until_text": lambda ws: (_export(ws, "--trained-until", "soon"), ["--trained-until", "'soon'"]),
