@@ -36,7 +36,11 @@ class SynthConfig:
         engaged for one interest share a topic that the catalogue's category does not reveal);
         the base taste is their weighted mix. A session dwells on one interest, drawn by the
         interest weights: its taste is ``(1 - session_focus) * base + session_focus * interest``
-        (plus the drift). With the defaults a session shows ~13 items and 3-4 are engaged.
+        (plus the drift). A share ``explore_share`` of sessions follows a passing topic outside
+        the user's interests instead (trending, shared by a friend): the items engaged in it
+        belong together, but user-level history says little about it. ``max_interests``
+        bounds the interests per user. With the defaults a session shows ~13 items and 3-4 are
+        engaged.
     Traffic
         n_users, n_sessions (spread over users by a log-normal activity), impressions_per_session
         (mean; 1 + Poisson), days. Each session retrieves ``pool_size`` candidates from a
@@ -70,11 +74,13 @@ class SynthConfig:
     uninformative_share: float = 0.15
     n_users: int = 1_500
     n_sessions: int = 6_500
-    impressions_per_session: float = 20.0
+    impressions_per_session: float = 18.0
     days: int = 60
     pool_size: int = 50
     topic_share: float = 0.8
-    session_focus: float = 0.6
+    max_interests: int = 3
+    explore_share: float = 0.5
+    session_focus: float = 0.8
     exposure_bias: float = 1.0
     fresh_boost: float = 1.5
     policy_relevance: float = 3.0
@@ -97,13 +103,13 @@ class SynthConfig:
 
 def _check(config: SynthConfig) -> None:
     """Reject values that would make an empty or degenerate world (ConfigError names the field)."""
-    positive_ints = ("n_items", "n_categories", "topics_per_category", "dim", "image_size", "vocab_size", "n_users",
+    positive_ints = ("n_items", "n_categories", "topics_per_category", "max_interests", "dim", "image_size", "vocab_size", "n_users",
                      "n_sessions", "days", "pool_size")
     for field in positive_ints:
         value = getattr(config, field)
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"synth config: field '{field}' must be a positive integer; got {value!r}.")
-    for field in ("late_item_share", "uninformative_share", "policy_knowledge", "topic_share", "session_focus", "category_weight", "topic_weight"):
+    for field in ("late_item_share", "uninformative_share", "policy_knowledge", "topic_share", "session_focus", "category_weight", "topic_weight", "explore_share"):
         value = getattr(config, field)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"synth config: field '{field}' must lie in [0, 1]; got {value!r}.")

@@ -90,9 +90,9 @@ def _mix(config: SynthConfig, category_centre, topic_centre, noise):
 @dataclass
 class Users:
     taste: np.ndarray        # (n, dim) base taste: the interests' weighted mix, unit norm
-    interests: np.ndarray    # (n, 3, dim) unit interest points
-    weights: np.ndarray      # (n, 3) how often each interest leads a session (0 = not an interest)
-    favourites: np.ndarray   # (n, 3) category of each interest
+    interests: np.ndarray    # (n, k, dim) interest points
+    weights: np.ndarray      # (n, k) how often each interest leads a session (0 = not an interest)
+    favourites: np.ndarray   # (n, k) category of each interest
     bias: np.ndarray         # (n,) engagement bias
     activity: np.ndarray     # (n,) relative number of sessions
     policy_knowledge: float  # correlation of the policy's estimate with the session's taste
@@ -109,14 +109,16 @@ def make_users(config: SynthConfig, items: Items, rng: np.random.Generator) -> U
     """1-3 interests per user (each a point near one topic, drawn like an item's latent), their
     weights, a base taste (the weighted mix), a bias, an activity level, and the policy's error."""
     n, dim = config.n_users, config.dim
-    topics = rng.integers(0, len(items.topic_centres), (n, 3))
+    k = config.max_interests
+    topics = rng.integers(0, len(items.topic_centres), (n, k))
     favourites = topics // config.topics_per_category
-    weights = rng.dirichlet(np.ones(3), n) * (rng.random((n, 3)) < [1.0, 0.5, 0.3])
+    keep = np.r_[1.0, np.linspace(0.5, 0.3, k - 1)] if k > 1 else np.ones(1)
+    weights = rng.dirichlet(np.ones(k), n) * (rng.random((n, k)) < keep)
     weights /= weights.sum(axis=1, keepdims=True)
     # An interest is the user's own point near a topic: co-engaged items share their topic, which
     # the catalogue's category does not reveal.
     interests = _mix(config, items.centres[favourites], items.topic_centres[topics],
-                     _gaussian(rng, n * 3, dim).reshape(n, 3, dim))
+                     _gaussian(rng, n * k, dim).reshape(n, k, dim))
     interests /= np.linalg.norm(interests, axis=2, keepdims=True)
     taste = np.einsum("uk,ukd->ud", weights, interests)
     taste /= np.linalg.norm(taste, axis=1, keepdims=True)
@@ -127,7 +129,7 @@ def make_users(config: SynthConfig, items: Items, rng: np.random.Generator) -> U
     return Users(taste, interests, weights, favourites, bias, activity, rho, noise)
 
 
-def make_sessions(config: SynthConfig, users_info: "Users", rng: np.random.Generator):
+def make_sessions(config: SynthConfig, users_info: "Users", items: Items, rng: np.random.Generator):
     """Session owners, start times (sorted), sizes, the interest each session dwells on (its
     category) and the taste at each session.
 
@@ -152,13 +154,22 @@ def make_sessions(config: SynthConfig, users_info: "Users", rng: np.random.Gener
     walk -= (walk - steps)[group_start]
     # The interest of each session, by inverse CDF over the user's interest weights.
     cdf = np.cumsum(users_info.weights[users], axis=1)
-    pick = np.minimum((rng.random(config.n_sessions)[:, None] > cdf).sum(axis=1), 2)
+    pick = np.minimum((rng.random(config.n_sessions)[:, None] > cdf).sum(axis=1), cdf.shape[1] - 1)
     interest = users_info.interests[users, pick]
+    topic = users_info.favourites[users, pick]
+    # Exploring sessions follow a passing topic, outside the user's interests (something
+    # trending, a link from a friend): user-level models learn little from them, but the items
+    # engaged in them still belong together.
+    explore = rng.random(config.n_sessions) < config.explore_share
+    passing = rng.integers(0, len(items.topic_centres), int(explore.sum()))
+    category = passing // config.topics_per_category
+    interest[explore] = _mix(config, items.centres[category], items.topic_centres[passing],
+                             _gaussian(rng, len(passing), config.dim))
+    topic[explore] = category
     focus = config.session_focus
     taste = (1 - focus) * users_info.taste[users] + focus * interest + walk
     sizes = 1 + rng.poisson(config.impressions_per_session - 1, config.n_sessions)
     sizes = np.minimum(sizes, config.pool_size)
-    topic = users_info.favourites[users, pick]
     # Number sessions by start time (ties by owner), which is how session ids are assigned.
     by_time = np.lexsort((users, start))
     return (users[by_time], config.start + start[by_time], sizes[by_time], taste[by_time], topic[by_time])
@@ -244,7 +255,7 @@ def solve_intercept(logits: np.ndarray, target: float) -> float:
 def simulate_log(config: SynthConfig, items: Items, rngs: dict, progress=None) -> Log:
     """Users, sessions, exposure and engagement -> the impression log in time order."""
     users_info = make_users(config, items, rngs["users"])
-    users, start, sizes, taste, topic = make_sessions(config, users_info, rngs["sessions"])
+    users, start, sizes, taste, topic = make_sessions(config, users_info, items, rngs["sessions"])
     guess = users_info.guess(users, taste)
     session, position, item = exposure(config, items, start, sizes, topic, guess, rngs["policy"], progress)
     rng = rngs["engagement"]
