@@ -31,8 +31,9 @@ def padded_copy(data_dir: Path, out: Path, factor: int) -> Path:
     from lis.datadir import load_datadir
 
     out.mkdir(parents=True)
-    for name in ("log.parquet", "images"):
-        os.symlink((data_dir / name).resolve(), out / name)
+    # Hard links: a data dir's images must lie inside it (symlinks out of it are refused).
+    shutil.copytree(data_dir / "images", out / "images", copy_function=os.link)
+    os.link(data_dir / "log.parquet", out / "log.parquet")
     catalogue = load_datadir(data_dir, check_images=False).catalogue
     rows = catalogue.sample(n=len(catalogue) * factor, replace=True, random_state=0).reset_index(drop=True)
     rows["item_id"] = [f"pad-{i}" for i in range(len(rows))]

@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -41,8 +42,10 @@ def visible_copy(full: Path, out: Path, later: float) -> int:
     import pandas as pd
 
     out.mkdir(parents=True)
-    for name in ("catalogue.parquet", "images", "truth.safetensors"):
-        os.symlink((full / name).resolve(), out / name)
+    # Hard links: a data dir's images must lie inside it (symlinks out of it are refused).
+    shutil.copytree(full / "images", out / "images", copy_function=os.link)
+    for name in ("catalogue.parquet", "truth.safetensors"):
+        os.link(full / name, out / name)
     log = pd.read_parquet(full / "log.parquet")
     cut = int(np.sort(log["timestamp"].to_numpy())[int(len(log) * (1.0 - later))])
     log[log["timestamp"] < cut].to_parquet(out / "log.parquet")
