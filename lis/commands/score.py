@@ -12,8 +12,11 @@ Score preference data and embedding tables against the impression log of DIR.
 LIS (per --builder): the AUC/GAUC gain a leaked oracle built from that builder's pairs gives
 the ranker on the evaluation window -- the ceiling of the preference data. AIS (per
 --embeddings NAME=FILE): the gain the table's similarity features give -- what a trained model
-delivers. eta = AIS / LIS, reported when the LIS interval lies above 0. Gains carry paired
-bootstrap 95% intervals over users.
+delivers. eta = AIS / LIS against each table's own ceiling: the builder (and options) its
+manifest names, else the best builder scored; reported when that LIS interval lies above 0,
+and an AIS interval above the LIS interval is 'exceeds_ceiling', not a share. Gains carry paired
+bootstrap 95% intervals over users (AUC from global probes, GAUC from within-user probes). A
+log with fewer than 20 users (10 with both labels) in the probe-test half is refused (exit 2).
 
 Windows: the last --eval-fraction of impressions is the evaluation window (halved by time
 into probe-fit and probe-test); the ranker and any table scored by AIS must be trained on the
