@@ -26,6 +26,7 @@ job of step N; ``LIS_ALIGN_SCORER_HANG_AT=N`` stops working at step N (a hung sc
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import pickle
@@ -77,6 +78,7 @@ class ScorerProcess:
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
         self.started = time.monotonic()
+        atexit.register(self.kill)  # a training that raised must not leave its scorer polling
 
     @property
     def pid(self) -> int:
