@@ -1,11 +1,9 @@
 """The LIS evaluator: AIS of embedding tables, LIS of preference-data builders, efficiency.
 
-:class:`LISEvaluator` does once, at construction, everything that does not depend on an
-embedding table: the time windows, the ranker and its base logits, the history index of the
-evaluation window, the probe's fit/test split, the cross-fitting folds and the bootstrap
-resamples of users. Scoring one more table (:meth:`LISEvaluator.score_table`) then costs one
-pass of similarity features, two small logistic fits and the bootstrap — which is what the
-training callback calls at every evaluation step.
+:class:`LISEvaluator` does once, at construction, all that does not depend on an embedding
+table (windows, ranker and base logits, history index, probe split, folds, bootstrap resamples),
+so scoring one more table (:meth:`LISEvaluator.score_table`: the training callback's call) costs
+one pass of similarity features, two small logistic fits and the bootstrap.
 
 Definitions (docs/science.md, which this module implements):
 
@@ -16,7 +14,6 @@ Definitions (docs/science.md, which this module implements):
   cross-fitted oracle of the builder's pairs (embedding mode: :mod:`lis.oracle`; pairs mode:
   pair weights looked up).
 * ``eta`` = AIS / LIS against the table's own ceiling (:meth:`LISEvaluator.ceiling`).
-
 ``mode='full'``: retrain the ID ranker with the features (:mod:`lis.full_mode`). ``engine='spark'``:
 the same on Spark (:mod:`lis.spark`). Too few users for a bootstrap: refused at construction.
 Limits: one evaluation window; histories from the same log; segments reuse probe-test scores.
@@ -65,19 +62,16 @@ class EvaluatorConfig:
     spark_conf: dict = field(default_factory=dict)
 
     def check(self) -> None:
-        if self.ranker not in ("builtin", "column"):
-            raise ConfigError(f"evaluator option 'ranker' must be 'builtin' or 'column'; got {self.ranker!r}.")
-        if self.mode not in ("probe", "full"):
-            raise ConfigError(f"evaluator option 'mode' must be 'probe' or 'full'; got {self.mode!r}.")
+        for option, choices in (("ranker", ("builtin", "column")), ("mode", ("probe", "full")),
+                                ("lis_mode", ("embedding", "pairs")), ("engine", ("memory", "spark"))):
+            if getattr(self, option) not in choices:
+                raise ConfigError(f"evaluator option '{option}' must be {' or '.join(map(repr, choices))}; "
+                                  f"got {getattr(self, option)!r}.")
         if self.mode == "full" and self.ranker != "builtin":
             raise ConfigError("evaluator option 'mode' is 'full', which retrains the built-in ranker; it cannot "
                               "retrain a 'base_logit' column (ranker 'column'): use mode 'probe' or ranker 'builtin'.")
-        if self.lis_mode not in ("embedding", "pairs"):
-            raise ConfigError(f"evaluator option 'lis_mode' must be 'embedding' or 'pairs'; got {self.lis_mode!r}.")
         if self.folds < 2:
             raise ConfigError(f"evaluator option 'folds' must be >= 2 (cross-fitting); got {self.folds!r}.")
-        if self.engine not in ("memory", "spark"):
-            raise ConfigError(f"evaluator option 'engine' must be 'memory' or 'spark'; got {self.engine!r}.")
         if self.n_bootstrap < 10:
             raise ConfigError(f"evaluator option 'n_bootstrap' must be >= 10; got {self.n_bootstrap!r}.")
 
@@ -85,9 +79,8 @@ class EvaluatorConfig:
 class LISEvaluator:
     """Scores embedding tables (AIS) and builders (LIS) against one log and ranker.
 
-    Build once from a log (time-ordered, validated) and its catalogue; then call
-    :meth:`score_table`, :meth:`lis`, :meth:`efficiency`, :meth:`segments` or :meth:`report`.
-    LIS results are cached per (builder, options). See the module docstring for definitions.
+    Build once from a log (time-ordered, validated) and its catalogue; then call :meth:`score_table`,
+    :meth:`lis` (cached per builder and options), :meth:`efficiency`, :meth:`segments` or :meth:`report`.
     """
 
     def __new__(cls, *args, **kwargs):   # engine "spark": lis.spark's evaluator (same API, same numbers)

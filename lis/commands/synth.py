@@ -26,6 +26,9 @@ def register(subparsers) -> None:
                         help="output directory (new, empty, or a previous synth output, which is replaced)")
     parser.add_argument("--base-logit", action="store_true",
                         help="add a base_logit column: the logging policy's own logit estimate")
+    parser.add_argument("--scale", type=int, metavar="N",
+                        help="write N independent user populations of the preset as a Parquet dataset log/ "
+                             "(one chunk in memory at a time; bench x 64 = ~66M impressions; no truth files)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     parser.set_defaults(handler=run)
 
@@ -40,6 +43,13 @@ def run(args) -> int:
     if args.base_logit:
         config = dataclasses.replace(config, include_base_logit=True)
     started = time.perf_counter()
+    if args.scale is not None:
+        from lis.synth.chunked import simulate_chunked
+
+        say = None if args.quiet else (lambda message: print(f"synth: {message}", flush=True))
+        summary = simulate_chunked(config, args.seed, args.scale, args.out, progress=say)
+        print(f"wrote {args.out}: {summary['impressions']:,} impressions in {summary['seconds']} s")
+        return 0
     summary = simulate(config, args.seed, args.out, progress=not args.quiet)
     if not args.quiet:
         print(f"wrote {args.out} (preset {args.preset}, seed {args.seed}) in {time.perf_counter() - started:.1f} s")

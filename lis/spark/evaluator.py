@@ -93,7 +93,7 @@ class SparkLISEvaluator(LISEvaluator):
             return {"labels": block["labels"][test].astype(bool), "codes": block["users"][test], "keys": block["keys"],
                     "auc": (block["base_logit"][test],), "gauc": block["base_logit"][test]}
         test = self.blocks.map(local)
-        auc_value = float(exact_aucs(test, "auc", 0, self.config.seed)[0][0])
+        auc_value = float(exact_aucs(test, "auc", 0, self.config.seed, vectors=1)[0][0])
 
         def gauc_part(block):
             codes = np.unique(block["codes"], return_inverse=True)
@@ -108,7 +108,7 @@ class SparkLISEvaluator(LISEvaluator):
             X = np.column_stack([block["base_logit"], controls, phi]).astype(np.float64)
             return {"X": X, "k": 4, "y": block["labels"], "is_test": block["is_test"], "users": block["users"],
                     "keys": block["keys"]}
-        return probe_gain(self.blocks.map(columns), self.config.n_bootstrap, self.config.seed)
+        return probe_gain(self.blocks.map(columns), 4, 7, self.config.n_bootstrap, self.config.seed)
 
     # ------------------------------------------------------------------ AIS
     def check_overlap(self, table: EmbeddingTable, name: str, present=None) -> None:

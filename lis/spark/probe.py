@@ -28,17 +28,6 @@ def _within(XT: np.ndarray, codes: np.ndarray) -> np.ndarray:
     return out
 
 
-def _standardise(rdd, key: str):
-    """Means and scales (std, 1 for a constant column) of ``block[key]`` (p x n) over all blocks."""
-    parts = rdd.map(lambda b: (b[key].sum(axis=1), b[key].shape[1])).collect()
-    n = sum(p[1] for p in parts)
-    mean = np.sum([p[0] for p in parts], axis=0) / n
-    sq = np.sum(rdd.map(lambda b: ((b[key] - mean[:, None]) ** 2).sum(axis=1)).collect(), axis=0)
-    scale = np.sqrt(sq / n)
-    scale[scale == 0] = 1.0
-    return mean, scale, n
-
-
 def _stats(XT: np.ndarray, y: np.ndarray, beta: np.ndarray):
     """Loss, gradient and Hessian sums of the logistic loss at ``beta`` on columns ``XT``."""
     z = beta[0] + beta[1:] @ XT
@@ -117,32 +106,43 @@ def _paired(rdd, k: int, p: int, n: int, rate: float):
     return newton_many(rdd, fits)
 
 
-def probe_gain(columns, n_resamples: int, seed: int, level: float = 0.95) -> dict:
-    """``columns``: RDD of dicts with ``X`` (n x p float64: base columns, then phi), ``k`` (base
-    columns), ``y``, ``is_test``, ``users`` (local codes), ``keys`` (uint64 per local user).
+def probe_gain(columns, k: int, p: int, n_resamples: int, seed: int, level: float = 0.95) -> dict:
+    """``columns``: RDD of dicts with ``X`` (n x p float64: ``k`` base columns, then phi), ``y``,
+    ``is_test``, ``users`` (local codes), ``keys`` (uint64 per local user).
     Returns the flat dict of :func:`lis.probe.probe_gain` (without the score vectors)."""
     from pyspark import StorageLevel
 
-    first = columns.first()
-    k, p = first["k"], first["X"].shape[1]
-    fit = columns.map(lambda b: {"XT": np.ascontiguousarray(b["X"][~b["is_test"]].T),
-                                 "y": b["y"][~b["is_test"]].astype(np.float64),
-                                 "codes": np.unique(b["users"][~b["is_test"]], return_inverse=True)[1]})
-    fit = fit.filter(lambda b: len(b["y"]) > 0).persist(StorageLevel.MEMORY_AND_DISK)
-    mean, scale, n = _standardise(fit, "XT")
-    fit = fit.map(lambda b: b | {"XT": (b["XT"] - mean[:, None]) / scale[:, None]})
-    fit = fit.map(lambda b: b | {"WT": _within(b["XT"], b["codes"])})
-    peak = np.max(fit.map(lambda b: np.abs(b["XT"]).max(axis=1)).collect(), axis=0)
+    columns = columns.persist(StorageLevel.MEMORY_AND_DISK)
 
-    def clear(block):
-        WT = block["WT"]
-        WT[np.abs(WT) <= 1e-12 * peak[:, None]] = 0.0
-        return block
-    fit = fit.map(clear).persist(StorageLevel.MEMORY_AND_DISK)
-    w_mean, w_scale, _ = _standardise(fit, "WT")
+    def fit_rows(b):
+        keep = ~b["is_test"]
+        return np.ascontiguousarray(b["X"][keep].T), b["y"][keep].astype(np.float64), b["users"][keep]
+    # Pass 1: means, rows, positives; pass 2: scales and each column's largest deviation.
+    parts = columns.map(lambda b: (lambda XT, y, u: (XT.sum(axis=1), len(y), y.sum()))(*fit_rows(b))).collect()
+    n = sum(q[1] for q in parts)
+    mean, rate = np.sum([q[0] for q in parts], axis=0) / n, sum(q[2] for q in parts) / n
+
+    def spread(b):
+        XT = fit_rows(b)[0] - mean[:, None]
+        return (XT ** 2).sum(axis=1), np.abs(XT).max(axis=1, initial=0.0)
+    parts = columns.map(spread).collect()
+    scale = np.sqrt(np.sum([q[0] for q in parts], axis=0) / n)
+    scale[scale == 0] = 1.0
+    peak = np.max([q[1] for q in parts], axis=0) / scale
+
+    def standardised(b):
+        XT, y, users = fit_rows(b)
+        XT = (XT - mean[:, None]) / scale[:, None]
+        WT = _within(XT, np.unique(users, return_inverse=True)[1])
+        WT[np.abs(WT) <= 1e-12 * peak[:, None]] = 0.0      # rounding residue, as in memory
+        return {"XT": XT, "WT": WT, "y": y}
+    fit = columns.map(standardised).filter(lambda b: len(b["y"]) > 0).persist(StorageLevel.MEMORY_AND_DISK)
+    parts = fit.map(lambda b: (b["WT"].sum(axis=1), (b["WT"] ** 2).sum(axis=1))).collect()
+    w_mean = np.sum([q[0] for q in parts], axis=0) / n
+    w_scale = np.sqrt(np.maximum(np.sum([q[1] for q in parts], axis=0) / n - w_mean ** 2, 0.0))
+    w_scale[w_scale == 0] = 1.0
     fit = fit.map(lambda b: b | {"WT": (b["WT"] - w_mean[:, None]) / w_scale[:, None]})
     fit = fit.persist(StorageLevel.MEMORY_AND_DISK)
-    rate = sum(fit.map(lambda b: b["y"].sum()).collect()) / n
     g_without, g_with, w_without, w_with = _paired(fit, k, p, n, rate)
     fit.unpersist()
 
@@ -155,11 +155,11 @@ def probe_gain(columns, n_resamples: int, seed: int, level: float = 0.95) -> dic
                 "gauc": (_folded_scores(w_with, mean, w_scale * scale, base, phi),
                          _folded_scores(w_without, mean[:k], w_scale[:k] * scale[:k], base))}
     test = columns.map(scores).persist(StorageLevel.MEMORY_AND_DISK)
-    out = {"n_fit": int(n), "n_test": int(sum(test.map(lambda b: len(b["labels"])).collect())),
-           "n_resamples": n_resamples, "level": level}
+    out = {"n_fit": int(n), "n_resamples": n_resamples, "level": level}
     out |= gauc_gain(test, n_resamples, seed, level)
     out |= auc_gain(test, n_resamples, seed, level)
     test.unpersist()
+    columns.unpersist()
     return out
 
 
@@ -167,13 +167,14 @@ def gauc_gain(test, n_resamples: int, seed: int, level: float) -> dict:
     def local(block):
         codes = np.unique(block["codes"], return_inverse=True)
         keys = block["keys"][codes[0]]
-        return metrics.gauc_block(block["labels"], codes[1], keys, *block["gauc"], n_resamples, seed)
+        return metrics.gauc_block(block["labels"], codes[1], keys, *block["gauc"], n_resamples, seed) | {
+            "n_test": len(block["labels"])}
     sums = metrics.merge(test.map(local).collect())
     with_, without = sums["pw"] / sums["w"], sums["pwo"] / sums["w"]
     with np.errstate(invalid="ignore", divide="ignore"):
         diffs = np.where(sums["den"] > 0, sums["num"] / sums["den"], np.nan)
     ci, se = metrics.interval(diffs, level)
-    return {"gauc_with": with_, "gauc_without": without, "gauc_gain": with_ - without, "gauc_gain_ci": ci,
+    return {"n_test": int(sums["n_test"]), "gauc_with": with_, "gauc_without": without, "gauc_gain": with_ - without, "gauc_gain_ci": ci,
             "gauc_gain_se": se}
 
 
@@ -185,9 +186,9 @@ def auc_gain(test, n_resamples: int, seed: int, level: float) -> dict:
             "auc_gain_ci": ci, "auc_gain_se": se}
 
 
-def exact_aucs(test, field: str, n_resamples: int, seed: int) -> list[np.ndarray]:
-    """Per score vector of ``block[field]`` (a tuple): AUC of row 0 (point) and of every resample."""
-    vectors = len(test.first()[field])
+def exact_aucs(test, field: str, n_resamples: int, seed: int, vectors: int = 2) -> list[np.ndarray]:
+    """Per score vector of ``block[field]`` (a tuple of ``vectors``): AUC of row 0 (point) and of
+    every resample."""
     sample = np.concatenate(test.map(lambda b: np.sort(b[field][0])[::64]).collect())
     n_ranges = max(1, test.getNumPartitions())
     bounds = np.unique(np.quantile(sample, np.linspace(0, 1, n_ranges + 1)[1:-1])) if len(sample) else np.zeros(0)

@@ -57,10 +57,12 @@ def from_pandas(spark, log: pd.DataFrame, name: str = "log"):
         if column in frame.columns:
             frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
     frame["label"] = frame["label"].astype(np.int32)
-    return canonical(spark.createDataFrame(frame), name, None, root=None)
+    return canonical(spark.createDataFrame(frame), name, None, root=None, checked=True)
 
 
-def canonical(raw, name: str, item_ids=None, root: Path | None = None):
+def canonical(raw, name: str, item_ids=None, root: Path | None = None, checked: bool = False):
+    """The canonical columns of ``raw``; ``checked`` skips the row checks (a log that
+    :func:`lis.schemas.validate_log` already passed)."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -72,6 +74,8 @@ def canonical(raw, name: str, item_ids=None, root: Path | None = None):
     types = dict(raw.dtypes)
 
     def where(condition, column: str, message) -> None:
+        if checked:
+            return
         row = raw.where(condition).orderBy("_file", "_row").select(column, "user_id", "item_id", "_file", "_row").first()
         if row is not None:
             file = _relative(row["_file"], root) if root is not None else name
