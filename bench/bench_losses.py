@@ -16,7 +16,7 @@ seeds with a 95% t-interval over seeds, the steps reached and the per-run bootst
 mean half-width. The CPU is shared: wall time buys fewer steps when the machine is busy, for
 every configuration alike (they run interleaved by seed).
 
-    nice -n 10 python bench/bench_losses.py [--seconds 40] [--seeds 0 1 2] [--batch 32]
+    nice -n 10 python bench/bench_losses.py [--seconds 45] [--seeds 0 1 2] [--batch 32]
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def configs(batch: int, k: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=40.0, help="training wall time per run")
+    parser.add_argument("--seconds", type=float, default=45.0, help="training wall time per run (README: 90)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batch", type=int, default=32, help="pairs per step of the baseline")
     parser.add_argument("--hard-negatives", type=int, default=2)
