@@ -23,13 +23,6 @@ from tests.faults import (MARK, REPO, digest, kill_at, kill_moments, leftovers, 
 pytestmark = pytest.mark.slow
 
 
-def _full_run(cmd, log) -> float:
-    start = time.monotonic()
-    killed, mark = kill_at(cmd, 900, log=log)
-    assert not killed and not wait_until_gone(mark)
-    return time.monotonic() - start
-
-
 def _restore(saved: Path, target: Path) -> None:
     if target.is_dir():
         shutil.rmtree(target)
@@ -41,13 +34,19 @@ def _restore(saved: Path, target: Path) -> None:
         shutil.rmtree(left) if left.is_dir() else left.unlink()
 
 
-def kill_while_replacing(name: str, tmp: Path, target: Path, cmd: list[str]) -> None:
-    """``target`` holds the old content; ``cmd`` writes the new one. Learn the new content and
-    the duration from one full run, then kill ``cmd`` within that duration (old content restored)."""
+STARTUP = 8.0  # seconds a fresh `python -m align.cli` spends importing torch and transformers (busy 2 cores)
+
+
+def kill_while_replacing(name: str, tmp: Path, target: Path, cmd: list[str], make_new) -> None:
+    """``target`` holds the old content; ``make_new()`` writes the new one in this process (what
+    ``cmd`` writes, without its start-up), timing the work; then, the old content restored, ``cmd``
+    is killed within its likely duration and ``target`` must hold the old or the new content whole."""
     saved = tmp / f"saved-{name}"
     (shutil.copytree if target.is_dir() else shutil.copyfile)(target, saved)
     old = digest(target)
-    duration = _full_run(cmd, tmp / f"{name}-full.log")
+    start = time.monotonic()
+    make_new()
+    duration = STARTUP + time.monotonic() - start
     new = digest(target)
     assert new is not None and new != old
     for k, moment in enumerate(kill_moments(name, 0.3 * duration, 1.05 * duration)):
@@ -65,16 +64,19 @@ def test_export_killed_while_replacing_a_table(tmp_path, data_dir, base_model):
     ids.write_text("i0\ni1\ni2\n")
     args = ["export", "--model", base_model, "--data", data_dir, "--out", out, "--no-progress"]
     assert main([str(a) for a in args] + ["--ids-file", str(ids)]) == 0  # the old table: three items
-    kill_while_replacing("export", tmp_path, out, python_command("-m", "align.cli", *args))
+    kill_while_replacing("export", tmp_path, out, python_command("-m", "align.cli", *args),
+                         lambda: main([str(a) for a in args]))
 
 
 def test_publish_dry_run_killed_while_replacing_the_folder(tmp_path, run_dir):  # noqa: F811
+    from align.cli import main
     from align.publish import assemble
 
     run = Path(shutil.copytree(run_dir, tmp_path / "run"))
     assemble(run, repo_id="someone/old-name")  # the old folder: its card names another repo
-    cmd = python_command("-m", "align.cli", "publish", run, "--repo-id", "someone/new-name", "--dry-run", "--n-probe", "2")
-    kill_while_replacing("publish", tmp_path, run / "publish", cmd)
+    args = ["publish", str(run), "--repo-id", "someone/new-name", "--dry-run", "--n-probe", "2"]
+    kill_while_replacing("publish", tmp_path, run / "publish", python_command("-m", "align.cli", *args),
+                         lambda: main(args))
 
 
 # ----------------------------------------------------------------------------- two-process train
