@@ -66,22 +66,28 @@ def co_engagement(log, *, top_k: int = 10, window: int = 5, max_gap_seconds=None
     engaged = log.where(F.col("label") == 1).select(*columns)
     n_items = engaged.groupBy("user_id").agg(F.countDistinct("item_id").alias("n_u"))
     ordered = Window.partitionBy("user_id").orderBy("timestamp", "_file", "_row")
-    steps = []
+    # All next-`window` neighbours from one sort of each user's engagements, then one row per step.
+    leads, steps = [], []
     for step in range(1, window + 1):
-        nxt = engaged.select(
-            "user_id", F.col("item_id").alias("a"), F.col("timestamp").alias("ta"),
-            F.lead("item_id", step).over(ordered).alias("b"), F.lead("timestamp", step).over(ordered).alias("tb"),
-            *([F.col("session_id").alias("sa"), F.lead("session_id", step).over(ordered).alias("sb")] if same_session else []))
-        ok = F.col("b").isNotNull() & (F.col("tb") > F.col("ta")) & (F.col("a") != F.col("b"))
-        if max_gap_seconds is not None:
-            ok = ok & ((F.col("tb") - F.col("ta")) <= max_gap_seconds)
+        leads += [F.lead("item_id", step).over(ordered).alias(f"b{step}"),
+                  F.lead("timestamp", step).over(ordered).alias(f"t{step}")]
+        fields = [F.col(f"b{step}").alias("b"), F.col(f"t{step}").alias("tb")]
         if same_session:
-            ok = ok & F.col("sa").isNotNull() & (F.col("sa") == F.col("sb"))
-        first, second = (F.least("a", "b"), F.greatest("a", "b")) if symmetric else (F.col("a"), F.col("b"))
-        steps.append(nxt.where(ok).select("user_id", first.alias("anchor_id"), second.alias("positive_id")))
-    pairs = steps[0]
-    for more in steps[1:]:
-        pairs = pairs.unionByName(more)
+            leads.append(F.lead("session_id", step).over(ordered).alias(f"s{step}"))
+            fields.append(F.col(f"s{step}").alias("sb"))
+        steps.append(F.struct(*fields))
+    mine = [F.col("item_id").alias("a"), F.col("timestamp").alias("ta")] + (
+        [F.col("session_id").alias("sa")] if same_session else [])
+    wide = engaged.select("user_id", *mine, *leads)
+    rows = wide.select("user_id", *[c for c in ("a", "ta", "sa") if c in wide.columns],
+                       F.explode(F.array(*steps)).alias("n")).select("*", "n.*").drop("n")
+    ok = F.col("b").isNotNull() & (F.col("tb") > F.col("ta")) & (F.col("a") != F.col("b"))
+    if max_gap_seconds is not None:
+        ok = ok & ((F.col("tb") - F.col("ta")) <= max_gap_seconds)
+    if same_session:
+        ok = ok & F.col("sa").isNotNull() & (F.col("sa") == F.col("sb"))
+    first, second = (F.least("a", "b"), F.greatest("a", "b")) if symmetric else (F.col("a"), F.col("b"))
+    pairs = rows.where(ok).select("user_id", first.alias("anchor_id"), second.alias("positive_id"))
     contributions = pairs.distinct().join(n_items, "user_id").select(
         "anchor_id", "positive_id", (F.lit(1.0) / F.col("n_u")).alias("c"))
     # Sequential sum in ascending order: the same float as the in-memory builder's.

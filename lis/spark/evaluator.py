@@ -16,7 +16,6 @@ import pandas as pd
 from lis.embeddings import EmbeddingTable
 from lis.errors import ConfigError, DataError
 from lis.evaluator import EvaluatorConfig, LISEvaluator
-from lis.rankers import column_logits  # noqa: F401  (the column ranker's checks live in source)
 from lis.spark import blocks as B
 from lis.spark import metrics
 from lis.spark.builders import build_pairs_spark
@@ -36,7 +35,6 @@ class SparkLISEvaluator(LISEvaluator):
     def __init__(self, log, catalogue: pd.DataFrame | None = None, config: EvaluatorConfig | None = None,
                  name: str = "log", spark=None):
         from pyspark import StorageLevel
-        from pyspark.sql import functions as F
 
         self.config = config or EvaluatorConfig(engine="spark")
         self.config.check()

@@ -64,7 +64,6 @@ def canonical(raw, name: str, item_ids=None, root: Path | None = None, checked: 
     """The canonical columns of ``raw``; ``checked`` skips the row checks (a log that
     :func:`lis.schemas.validate_log` already passed)."""
     from pyspark.sql import functions as F
-    from pyspark.sql import types as T
 
     columns = [c for c in raw.columns if c not in ("_file", "_row")]
     missing = [c for c in LOG_REQUIRED if c not in columns]
@@ -76,7 +75,10 @@ def canonical(raw, name: str, item_ids=None, root: Path | None = None, checked: 
     def where(condition, column: str, message) -> None:
         if checked:
             return
-        row = raw.where(condition).orderBy("_file", "_row").select(column, "user_id", "item_id", "_file", "_row").first()
+        try:
+            row = raw.where(condition).orderBy("_file", "_row").select(column, "user_id", "item_id", "_file", "_row").first()
+        except Exception as error:  # a file Spark cannot read as the dataset's schema says
+            raise _read_error(error, name, root) from None
         if row is not None:
             file = _relative(row["_file"], root) if root is not None else name
             context = f" (user {str(row['user_id'])!r}, item {str(row['item_id'])!r})"
@@ -137,6 +139,23 @@ def _seconds(column, dtype: str):
         parsed = F.unix_timestamp(F.expr("try_to_timestamp(timestamp)"))
         return F.when(number.isNotNull(), F.floor(number)).otherwise(parsed).cast("long")
     return F.lit(None).cast("long")
+
+
+def _read_error(error: Exception, name: str, root: Path | None) -> Exception:
+    """One-line DataError for a file of the dataset that Spark failed to read; other errors as they are."""
+    import re
+
+    text = str(error)
+    found = re.search(r"reading file (\S+?)\.? (.*?)(?: SQLSTATE|\n|$)", text)
+    if "FAILED_READ_FILE" not in text or not found:
+        return error
+    file = _relative(found.group(1), root) if root is not None else name
+    mismatch = re.search(r"column \[(\w+)\]\. Expected Spark type (\w+), actual Parquet type (\w+)", text)
+    if mismatch:
+        column, expected, actual = mismatch.groups()
+        return DataError(f"{file}: column {column!r} is stored as {actual} in this file but as {expected} in the "
+                         "dataset's other files; every file of the log needs the same column types.")
+    return DataError(f"{file}: not a readable Parquet file of the log ({found.group(2)[:160]}).")
 
 
 def _relative(file: str, root: Path) -> str:

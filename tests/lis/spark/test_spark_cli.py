@@ -34,8 +34,8 @@ def partitioned(world, target, change=None):
         folder = target / "log" / f"date={day}"
         folder.mkdir(parents=True)
         rows = rows.reset_index(drop=True)
-        if change is not None and (k == 1 or change is drop_label):
-            rows = change(rows)
+        if change is not None and (k == 1 or change in EVERY_FILE):
+            rows = change(rows) if k == 1 or change is drop_label else time_text(rows)
         rows.to_parquet(folder / "part-0.parquet", index=False)
     return target
 
@@ -62,10 +62,18 @@ def drop_label(rows):
     return rows.drop(columns=["label"])
 
 
+def time_text(rows):
+    return rows.astype({"timestamp": str})
+
+
 def bad_time(rows):
-    rows = rows.astype({"timestamp": object})
+    rows = time_text(rows).astype({"timestamp": object})
     rows.loc[3, "timestamp"] = "yesterday"
     return rows.astype({"timestamp": str})
+
+
+def mixed_types(rows):
+    return time_text(rows)
 
 
 def bad_label(rows):
@@ -78,11 +86,15 @@ def unknown_item(rows):
     return rows
 
 
+EVERY_FILE = (drop_label, bad_time)   # a dropped column, or text timestamps in every file
+
+
 @pytest.mark.parametrize("change, words", [
     (drop_label, ["missing column 'label'"]),
     (bad_time, ["part-0.parquet", "'timestamp'", "row 3", "'yesterday'"]),
     (bad_label, ["part-0.parquet", "'label'", "row 2", "2"]),
     (unknown_item, ["part-0.parquet", "'item_id'", "row 4", "'not-an-item'", "not in it"]),
+    (mixed_types, ["date=", "part-0.parquet", "'timestamp'", "BINARY", "same column types"]),
 ])
 def test_bad_input_is_one_line_and_exit_2(spark, world, tmp_path, capsys, change, words):
     data = partitioned(world, tmp_path / "data", change)
