@@ -43,6 +43,7 @@ logger = logging.getLogger("align.async_scorer")
 INPUTS_FILE = "inputs.pkl"
 SPEC_FILE = "spec.json"
 STOP_FILE = "stop"
+READY_FILE = "ready"  # written once the evaluator is loaded: the time-out clock starts then
 LOG_FILE = "scorer.log"
 POLL_SECONDS = 0.2
 DELAY_ENV, DIE_ENV, HANG_ENV = "LIS_ALIGN_SCORER_DELAY", "LIS_ALIGN_SCORER_DIE_AT", "LIS_ALIGN_SCORER_HANG_AT"
@@ -67,6 +68,8 @@ class ScorerProcess:
         self.dir = self.run_dir / SCORER_DIR
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / STOP_FILE).unlink(missing_ok=True)
+        (self.dir / READY_FILE).unlink(missing_ok=True)
+        self.ready_at: float | None = None
         write_bytes(self.dir / INPUTS_FILE, pickle.dumps(inputs, protocol=pickle.HIGHEST_PROTOCOL))
         write_json(self.dir / SPEC_FILE, {"run_dir": str(self.run_dir), "base_model": str(base_model),
                                           "device": device, "threads": int(threads), "parent_pid": os.getpid()})
@@ -83,6 +86,12 @@ class ScorerProcess:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def is_ready(self) -> bool:
+        """True once the scorer has loaded its inputs (``ready_at``: when this side first saw it)."""
+        if self.ready_at is None and (self.dir / READY_FILE).exists():
+            self.ready_at = time.monotonic()
+        return self.ready_at is not None
 
     def exit_status(self) -> int | None:
         """None while running, else its exit status (negative: killed by that signal)."""
@@ -137,6 +146,7 @@ def main(argv=None) -> int:
     with open(scorer_dir / INPUTS_FILE, "rb") as handle:
         inputs = pickle.load(handle)
     callback = _scoring_callback(inputs, spec["run_dir"])
+    (scorer_dir / READY_FILE).touch()
     logger.info("ready: %d items to embed per checkpoint, device %s, %d threads", len(inputs["items"]),
                 spec["device"], spec["threads"])
     while True:

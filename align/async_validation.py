@@ -48,6 +48,7 @@ from lis.errors import DataError
 logger = logging.getLogger(__name__)
 
 STEP0_DIR = "step-0"
+STARTUP_SECONDS = 600.0  # the scorer's start (imports, the evaluator unpickled) on a busy machine
 FAILURE_CHOICES = ("continue", "stop")
 
 
@@ -212,7 +213,7 @@ class AsyncLISCallback(LISValidationCallback):
                 self.clock = time.monotonic()  # progress: the next job's time starts now
             results += fresh
             failure = self._check_scorer()
-            if failure or not drain or not self._waiting():
+            if failure or self.failure is not None or not drain or not self._waiting():
                 break
             time.sleep(0.2)
         return {"results": sorted(results, key=lambda e: e["step"]), "failure": failure}
@@ -226,7 +227,13 @@ class AsyncLISCallback(LISValidationCallback):
             if not waiting and (self.out_dir / SCORER_DIR / "stop").exists():
                 return None
             what = f"exited with status {status}" + (f" (killed by signal {-status})" if status < 0 else "")
-        elif waiting and time.monotonic() - self.clock > self.scorer_timeout:
+        elif not self.scorer.is_ready():
+            limit = max(self.scorer_timeout, STARTUP_SECONDS)
+            if time.monotonic() - self.scorer.started <= limit:
+                return None
+            self.scorer.kill()
+            what = f"did not start within {limit:g} s and was killed"
+        elif waiting and time.monotonic() - max(self.clock, self.scorer.ready_at) > self.scorer_timeout:
             self.scorer.kill()
             what = f"did not score checkpoint-{waiting[0]} within lis.scorer_timeout={self.scorer_timeout:g} s and was killed"
         else:
