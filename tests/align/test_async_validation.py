@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -27,63 +28,77 @@ def evals(run: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def both_modes(tmp_path_factory, data_dir, base_model):
+def inline_run(tmp_path_factory, data_dir, base_model):
     from align.train import run_training
 
-    runs = {}
-    for mode in ("inline", "async"):
-        out = tmp_path_factory.mktemp(f"{mode}_run") / "run"
-        runs[mode] = (out, run_training(recipe(data_dir, base_model, out, *LIS, *SHORT, f"lis.mode={mode}")))
-    return runs
+    out = tmp_path_factory.mktemp("inline_run") / "run"
+    return out, run_training(recipe(data_dir, base_model, out, *LIS, *SHORT))
 
 
-@pytest.mark.slow  # two short trainings: ~30 s on 2 cores
+@pytest.fixture(scope="module")
+def hung_then_resumed(tmp_path_factory, data_dir, base_model):
+    """An async run (6 steps) whose scorer hangs at step 4 and is killed, then resumed to step 8."""
+    from align.train import run_training
+
+    out = tmp_path_factory.mktemp("async_run") / "run"
+    base = [*LIS, *SHORT, "lis.mode=async", "lis.scorer_timeout=30"]
+    handler = _Records()
+    logging.getLogger("align.async_validation").addHandler(handler)
+    os.environ["LIS_ALIGN_SCORER_HANG_AT"] = "4"
+    try:
+        first = run_training(recipe(data_dir, base_model, out, *base, "training.max_steps=6"))
+    finally:
+        del os.environ["LIS_ALIGN_SCORER_HANG_AT"]
+        logging.getLogger("align.async_validation").removeHandler(handler)
+    after_first = evals(out)
+    second = run_training(recipe(data_dir, base_model, out, *base, "training.max_steps=8",
+                                 "training.resume_from_checkpoint=last"))
+    return out, first, after_first, handler.errors, second
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.ERROR)
+        self.errors = []
+
+    def emit(self, record):
+        self.errors.append(record.getMessage())
+
+
+@pytest.mark.slow  # a 4-step inline run and the async runs below: ~1 min on 2 cores
 @pytest.mark.timeout(900)  # guards a hang; the time is mostly a loaded machine's
-def test_the_same_checkpoint_gets_the_same_metrics_in_both_modes(both_modes):
-    (inline_dir, inline), (async_dir, asynchronous) = both_modes["inline"], both_modes["async"]
-    by_step = {h["step"]: h for h in asynchronous["lis_callback"].history}
-    assert [h["step"] for h in inline["lis_callback"].history] == sorted(by_step) == [0, 2, 4]
+def test_the_same_checkpoint_gets_the_same_metrics_in_both_modes(inline_run, hung_then_resumed):
+    _, inline = inline_run
+    out, first, _, _, second = hung_then_resumed
+    # Steps 0 and 2 were scored in the first async run, 4 after the resume (same seed: same weights).
+    by_step = {h["step"]: h for h in second["lis_callback"].history}
+    assert [h["step"] for h in inline["lis_callback"].history] == [0, 2, 4]
     for h in inline["lis_callback"].history:
         for key in METRICS:  # exported from disk by the scorer vs from memory by the trainer
             assert by_step[h["step"]][key] == pytest.approx(h[key], abs=1e-9, nan_ok=True), (h["step"], key)
-    assert [e["step"] for e in evals(async_dir)] == [0, 2, 4]
-    assert all(by_step[s]["lag_steps"] >= 0 for s in by_step)  # the lag is recorded
-    assert asynchronous["best_step"] == inline["best_step"]
-    seconds = asynchronous["lis_callback"].seconds
+    assert all(h["lag_steps"] >= 0 for h in first["lis_callback"].history)  # the lag is recorded
+    seconds = first["lis_callback"].seconds
     assert seconds["export"] == seconds["score"] == 0.0  # the training process neither exported nor scored
-    run = json.loads((async_dir / "run.json").read_text())
-    assert run["best_step"] == asynchronous["best_step"] and run["recipe"]["lis"]["mode"] == "async"
-    assert (async_dir / "lis_scorer" / "step-0" / "adapter_model.safetensors").is_file()
+    assert json.loads((out / "run.json").read_text())["recipe"]["lis"]["mode"] == "async"
+    assert (out / "lis_scorer" / "step-0" / "adapter_model.safetensors").is_file()
 
 
-@pytest.mark.slow  # two short trainings and a 30 s time-out
+@pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_a_hung_scorer_is_killed_reported_once_and_a_resumed_run_rescores_only_what_is_missing(
-        tmp_path, data_dir, base_model, monkeypatch, caplog):
-    from align.train import run_training
-
-    out = tmp_path / "run"
-    base = [*LIS, *SHORT, "lis.mode=async", "lis.scorer_timeout=30"]
-    monkeypatch.setenv("LIS_ALIGN_SCORER_HANG_AT", "4")
-    with caplog.at_level(logging.ERROR, logger="align.async_validation"):
-        first = run_training(recipe(data_dir, base_model, out, *base, "training.max_steps=6"))
-    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+def test_a_hung_scorer_is_killed_reported_once_and_a_resumed_run_rescores_only_what_is_missing(hung_then_resumed):
+    out, first, after_first, errors, second = hung_then_resumed
     assert len(errors) == 1 and "\n" not in errors[0]
     assert "did not score checkpoint-4 within lis.scorer_timeout=30 s and was killed" in errors[0]
     assert "training continues without LIS validation (lis.on_scorer_failure: continue)" in errors[0]
-    assert first["global_step"] == 6 and [e["step"] for e in evals(out)] == [0, 2]
-    assert first["best_step"] == 2 and (out / "checkpoint-2").is_dir()  # the best scored one
-    assert json.loads((out / "run.json").read_text())["best_step"] == 2
-    before = {e["step"]: e["time"] for e in evals(out)}
-
-    monkeypatch.delenv("LIS_ALIGN_SCORER_HANG_AT")
-    second = run_training(recipe(data_dir, base_model, out, *base, "training.max_steps=8",
-                                 "training.resume_from_checkpoint=last"))
+    assert first["global_step"] == 6 and [e["step"] for e in after_first] == [0, 2]
+    assert first["best_step"] == 2  # the best scored checkpoint, kept and loaded
+    before = {e["step"]: e["time"] for e in after_first}
     lines = evals(out)
     assert sorted(e["step"] for e in lines) == [0, 2, 4, 6, 8]  # each step once
     assert {e["step"]: e["time"] for e in lines if e["step"] in before} == before  # 0 and 2 were not rescored
-    assert second["global_step"] == 8
+    assert second["global_step"] == 8 and second["lis_callback"].failure is None
     assert [h["step"] for h in second["lis_callback"].history] == [0, 2, 4, 6, 8]
+    assert json.loads((out / "run.json").read_text())["best_step"] == second["best_step"]
 
 
 # ----------------------------------------------------------------------------- two ranks
