@@ -71,11 +71,12 @@ def die_with_parent() -> None:
 def check_before_launch(recipe_path: str, overrides) -> None:
     """What the workers would refuse, refused once here in one line (through the elastic agent a
     worker's error arrives as a page of tracebacks): the recipe and its overrides, a ``last``
-    resume without a complete checkpoint, a data dir without its tables."""
+    resume without a complete checkpoint, the data dir's tables and image paths (images are
+    opened by the workers)."""
     from pathlib import Path
 
     from align.config import load_recipe
-    from lis.datadir import find_table
+    from lis.datadir import load_datadir
     from lis.errors import ConfigError
 
     recipe = load_recipe(recipe_path, list(overrides))
@@ -85,8 +86,7 @@ def check_before_launch(recipe_path: str, overrides) -> None:
         resume_argument(recipe.training.resume_from_checkpoint, recipe.training.output_dir)
     if recipe.data.data_dir and not Path(recipe.data.data_dir).is_dir():
         raise ConfigError(f"{recipe.source}: field 'data.data_dir' is {recipe.data.data_dir!r}, which is not a directory.")
-    for table in ("catalogue", "log"):
-        find_table(recipe.data.data_dir, table)
+    load_datadir(recipe.data.data_dir, check_images=False)  # tables, ids, time order, image paths
 
 
 def _arm_child(launcher_pid: int) -> None:

@@ -126,9 +126,21 @@ TRAIN = {
     "launch_resume_last_without_checkpoint": lambda ws: (
         _train(ws, "training.resume_from_checkpoint=last") + ["--accelerate-config", "cpu_2proc"],
         ["training.resume_from_checkpoint", "'last'"]),
+    "launch_log_label_3": lambda ws: (
+        _train(ws, f"data.data_dir={_bad_label(ws)}") + ["--accelerate-config", "cpu_2proc"], ["log.parquet", "label", "3"]),
     "launch_data_dir_missing": lambda ws: (
         _train(ws, f"data.data_dir={ws.tmp / 'gone'}") + ["--accelerate-config", "cpu_2proc"], ["data.data_dir", "gone"]),
 }
+
+
+def _bad_label(ws) -> Path:
+    import pandas as pd
+
+    data = ws.data_copy()
+    log = pd.read_parquet(data / "log.parquet")
+    log.loc[5, "label"] = 3
+    log.to_parquet(data / "log.parquet", index=False)
+    return data
 
 
 # ----------------------------------------------------------------------------- export
