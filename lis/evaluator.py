@@ -15,7 +15,7 @@ Definitions (docs/science.md, which this module implements):
   pair weights looked up).
 * ``eta`` = AIS / LIS against the table's own ceiling (:meth:`LISEvaluator.ceiling`).
 ``mode='full'``: retrain the ID ranker with the features (:mod:`lis.full_mode`). ``engine='spark'``:
-the same on Spark (:mod:`lis.spark`). Too few users for a bootstrap: refused at construction.
+the same on Spark (:mod:`lis.engine`). Too few users for a bootstrap: refused at construction.
 Limits: one evaluation window; histories from the same log; segments reuse probe-test scores.
 """
 from __future__ import annotations
@@ -83,17 +83,12 @@ class LISEvaluator:
     :meth:`lis` (cached per builder and options), :meth:`efficiency`, :meth:`segments` or :meth:`report`.
     """
 
-    def __new__(cls, *args, **kwargs):   # engine "spark": lis.spark's evaluator (same API, same numbers)
-        config = kwargs.get("config", args[2] if len(args) > 2 else None)
-        if cls is LISEvaluator and getattr(config, "engine", "memory") == "spark":
-            from lis.spark.evaluator import SparkLISEvaluator
-            return super().__new__(SparkLISEvaluator)
-        return super().__new__(cls)
-
     def __init__(self, log: pd.DataFrame, catalogue: pd.DataFrame | None = None,
                  config: EvaluatorConfig | None = None, name: str = "log"):
         self.config = config or EvaluatorConfig()
         self.config.check()
+        if self.config.engine != "memory":
+            raise ConfigError("evaluator option 'engine' is 'spark': build it with lis.engine.make_evaluator.")
         self.log = log.reset_index(drop=True)
         self.catalogue = catalogue
         self.name = name

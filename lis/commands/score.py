@@ -78,7 +78,8 @@ def register(subparsers) -> None:
 def run_score(args) -> int:
     from lis.commands.checks import check_score_args, table_paths
     from lis.datadir import load_datadir
-    from lis.evaluator import EvaluatorConfig, LISEvaluator
+    from lis.engine import make_evaluator
+    from lis.evaluator import EvaluatorConfig
     from lis.report import render_markdown, write_report
     from lis.spark.session import parse_conf
 
@@ -101,7 +102,7 @@ def run_score(args) -> int:
     )
     config.check()
     progress(f"preparing the evaluator ({args.engine} engine, ranker {args.ranker})")
-    evaluator = LISEvaluator(data.log, data.catalogue, config, name="log.parquet")
+    evaluator = make_evaluator(data.log, data.catalogue, config, name="log.parquet")
     for name, table in tables.items():   # refuse leaked or foreign tables before the slow part
         evaluator.check_table(table, name)
         evaluator.check_overlap(table, name)

@@ -8,7 +8,7 @@ in-memory kernel on blocks of whole users (:mod:`lis.spark.blocks`), the probe's
 (:mod:`lis.spark.probe`) and exact AUC/GAUC with bootstrap statistics per user
 (:mod:`lis.spark.metrics`). What is bounded by the catalogue runs on the driver: the oracle
 table, the item-list builders (category, random, ranker_knn), the built-in ranker (fitted on a
-bounded sample of users) and the report. Entry point: ``LISEvaluator(..., EvaluatorConfig(
+bounded sample of users) and the report. Entry point: ``lis.engine.make_evaluator(..., EvaluatorConfig(
 engine="spark"))`` or :class:`lis.spark.evaluator.SparkLISEvaluator`. Needs pyspark (the
 ``spark`` extra) and Java 17.
 """

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from lis.datadir import load_datadir
+from lis.engine import make_evaluator
 from lis.evaluator import EvaluatorConfig, LISEvaluator
 from lis.synth import simulate
 
@@ -19,8 +20,8 @@ def engines(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("spark") / "tiny"
     simulate("tiny", 0, root, progress=False)
     data = load_datadir(root, check_images=False)
-    memory = LISEvaluator(data.log, data.catalogue, EvaluatorConfig(**SETTINGS))
-    distributed = LISEvaluator(data.log, data.catalogue, EvaluatorConfig(engine="spark", **SETTINGS))
+    memory = make_evaluator(data.log, data.catalogue, EvaluatorConfig(**SETTINGS))
+    distributed = make_evaluator(data.log, data.catalogue, EvaluatorConfig(engine="spark", **SETTINGS))
     return memory, distributed
 
 
