@@ -28,7 +28,7 @@ def register(subparsers) -> None:
                         help="add a base_logit column: the logging policy's own logit estimate")
     parser.add_argument("--scale", type=int, metavar="N",
                         help="write N independent user populations of the preset as a Parquet dataset log/ "
-                             "(one chunk in memory at a time; bench x 64 = ~66M impressions; no truth files)")
+                             "(one chunk in memory at a time; bench x 64 = ~74M impressions; no truth files)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     parser.set_defaults(handler=run)
 

@@ -4,8 +4,8 @@
 ``seed``) and then, for chunk ``c`` = 0 .. scale-1, simulates the preset's users, sessions and
 engagements with their own streams (seed ``seed * 100_003 + c + 1``) against the same items,
 and writes them as ``log/part-<c>.parquet`` (each file in time order, ids prefixed ``c<c>-`` so
-chunks never share a user or session). Memory stays that of one chunk (the bench preset: ~1M
-impressions, ~1 GiB peak), so a 64-chunk world of ~66M impressions fits a small machine; the
+chunks never share a user or session). Memory stays that of one chunk (the bench preset: ~1.16M
+impressions a chunk), so a 64-chunk world of ~74M impressions fits a small machine; the
 Spark engine reads ``log/`` as one dataset. The whole folder appears at once (written beside,
 then renamed). No truth files: this is a world for measuring speed, not validity.
 """
