@@ -240,7 +240,7 @@ def main(argv=None):
         controls = index.controls(table)
         baseline = np.column_stack((base, controls))
         return probe_gain(baseline[fit], baseline[test], phi[fit], phi[test], labels[fit], labels[test],
-                          users[test], bootstrap=resamples, return_scores=True)
+                          users[test], users[fit], bootstrap=resamples, return_scores=True)
 
     result, t_probe = timed(probe_once)
     controls = index.controls(table)
