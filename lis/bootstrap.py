@@ -1,7 +1,7 @@
 """The paired user bootstrap the LIS probe reports, and the minimum it needs.
 
 :func:`paired_bootstrap` — percentile interval of metric(with) - metric(without) over users
-resampled with replacement; both score vectors see the same resamples (paired). Resamples are an
+resampled (Poisson bootstrap: :mod:`lis.resample`); both score vectors see the same resamples (paired). Resamples are an
 explicit :class:`UserResamples` object so an evaluator can draw them once and reuse them for
 every table it scores. Each score vector is sorted once for all of its metrics
 (:class:`lis.metrics._ScoreOrder`), and the AUC of a whole batch of resamples is two sparse x
@@ -96,7 +96,7 @@ def paired_bootstrap(
 ) -> dict:
     """Point estimates and a paired bootstrap interval of metric(with) - metric(without).
 
-    Users are resampled with replacement (``resamples`` if given — it must have been drawn for
+    Users are resampled with Poisson(1) weights (``resamples`` if given — it must have been drawn for
     the same impressions — else drawn from ``users`` with ``n_resamples`` and ``seed``); both
     score vectors are evaluated on the same resamples. For AUC a resample weights every
     impression by its user's draw count; for GAUC the per-user AUCs are fixed and a resample is
