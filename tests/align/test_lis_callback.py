@@ -81,6 +81,32 @@ def test_callback_adds_ais_lis_and_efficiency_to_the_trainer_metrics(trained):
         assert metrics["eval_ais_auc_lo"] <= metrics["eval_ais_auc"] <= metrics["eval_ais_auc_hi"]
 
 
+@pytest.mark.slow
+def test_matryoshka_dims_add_per_dimension_ais_with_hard_negatives_and_the_cached_loss(tmp_path, data_dir, base_model):
+    """One run with every contrastive option of issue 16: per-dimension AIS reaches the metrics,
+    evals.jsonl and run.json; hard negatives reach the batches; the cached loss trains."""
+    from align.train import run_training
+
+    spy = metrics_spy()
+    result = run_training(recipe(data_dir, base_model, tmp_path / "run", *LIS, "training.max_steps=2",
+                                 "training.eval_steps=2", "training.save_steps=2", "training.report_to=[]",
+                                 "lis.n_bootstrap=50",
+                                 "loss.matryoshka_dims=[128,32]", "loss.hard_negatives=2",
+                                 "loss.cache_chunk_size=24"), callbacks=[spy])
+    for _, metrics in spy.seen:
+        assert metrics["eval_ais_auc_d128"] == metrics["eval_ais_auc"]
+        assert metrics["eval_ais_auc_d32_lo"] <= metrics["eval_ais_auc_d32"] <= metrics["eval_ais_auc_d32_hi"]
+        assert metrics["eval_ais_auc_d32"] != metrics["eval_ais_auc"]
+    line = json.loads((tmp_path / "run" / "evals.jsonl").read_text().splitlines()[-1])
+    assert "eval_ais_auc_d32" in line
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert "eval_ais_auc_d32" in run["best_metric"] and run["recipe"]["loss"]["matryoshka_dims"] == [128, 32]
+    trainer = result["trainer"]
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(16)])
+    assert len(batch["chunks"]) >= 2 and len(batch["negative_ids"]) > 0
+    assert result["global_step"] == 2 and math.isfinite(result["train_loss"])
+
+
 def test_metric_for_best_model_eval_ais_auc_selects_the_best_checkpoint(trained):
     from lis.embeddings import load_embeddings
 
