@@ -4,12 +4,13 @@ Run:  .venv/bin/python bench/bench_lis.py                     # the `bench` pres
       .venv/bin/python bench/bench_lis.py --source synthetic  # long histories, numpy-made log
 
 Sources:
-* ``preset`` (default): the simulated platform's ``bench`` preset (seed 1: 1.03M impressions,
-  20k items), simulated once into ``--world`` (reused when it is already there, ~20 s
-  otherwise). Every impression is a target (history L=50 from the log before it); the table
+* ``preset`` (default): the simulated platform's ``bench`` preset (seed 1: 1.16M impressions,
+  20k items), simulated once into ``--world`` (reused when it is already there, ~35 s
+  otherwise; delete it after the world changes). Every impression is a target (history L=50 from the log before it); the table
   scored is d=64: the true 16-d latents through a random projection plus noise, so the gain
   is real. The evaluator's own API (LISEvaluator on the 30% evaluation window) is timed too.
-  Histories are short in this world (mean ~8 of L=50): users engage ~9 items in two months.
+  Histories are longer in the feed world (users engage ~24 items in two months) than in the
+  previous one (~9), so the features do more work per impression.
 * ``synthetic``: a log built with numpy (fit-window rows at 50% engagement so histories reach
   L=50, then >= 1M target rows at ~10%), the worst case for the features.
 
@@ -40,7 +41,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from lis.embeddings import EmbeddingTable  # noqa: E402
 from lis.features import HistoryIndex  # noqa: E402
 from lis.pooling import pool_windows  # noqa: E402
-from lis.metrics import auc, gauc, user_resamples  # noqa: E402
+from lis.bootstrap import user_resamples  # noqa: E402
+from lis.metrics import auc, gauc  # noqa: E402
 from lis.probe import probe_gain  # noqa: E402
 from lis.threads import one_torch_thread  # noqa: E402
 
