@@ -251,7 +251,7 @@ def main(argv=None):
     assert abs(ref_gain - result["auc_gain"]) < 2e-3, (ref_gain, result["auc_gain"])
     t_reference = t_ref / args.ref_sample * n + t_ref_sklearn + 200 * t_ref_resample
     row("AIS probe vs reference pipeline", f"{n:,} imps", t_reference, t_probe,
-        f"ours {n / t_probe / 1e6:.2f}M/s: features+controls+2 fits+score+bootstrap(200, AUC+GAUC); "
+        f"ours {n / t_probe / 1e6:.2f}M/s: features+controls+4 fits (global and within-user probes)+score+bootstrap(200, AUC+GAUC); "
         f"ref = row-by-row features (extrap.) {t_ref / args.ref_sample * n:.0f}s + sklearn fits {t_ref_sklearn:.1f}s "
         f"+ 200 resamples (extrap. from {args.ref_resamples}) {200 * t_ref_resample:.0f}s; "
         f"AUC gain ours {result['auc_gain']:+.4f} [{result['auc_gain_ci'][0]:+.4f}, {result['auc_gain_ci'][1]:+.4f}], "
