@@ -142,7 +142,8 @@ def write_embeddings(path, table: EmbeddingTable) -> bool:
 
 
 def export_manifest(model: str, *, adapter_dir=None, step: int | None = None, catalogue=None,
-                    trained_until: int | None = None, adapter_hash_value: str | None = None) -> dict:
+                    trained_until: int | None = None, adapter_hash_value: str | None = None,
+                    builder: str | None = None, builder_options: dict | None = None) -> dict:
     """The manifest of an exported table; ``dim`` is filled in by the export (docs/design.md, data contracts).
 
     Args:
@@ -153,6 +154,9 @@ def export_manifest(model: str, *, adapter_dir=None, step: int | None = None, ca
         catalogue: the catalogue frame; its :func:`lis.embeddings.catalogue_hash` is recorded.
         trained_until: latest log timestamp (unix seconds) of any data the adapter was trained
             on; None means "no log data", which is only true for an untrained model.
+        builder, builder_options: the builder (and its options) whose pairs trained the adapter;
+            the evaluator computes eta against that builder's LIS (docs/science.md). None when
+            unknown (a user's pairs file, an untrained model).
     """
     from lis.embeddings import MANIFEST_KEYS, catalogue_hash
 
@@ -160,7 +164,8 @@ def export_manifest(model: str, *, adapter_dir=None, step: int | None = None, ca
     manifest.update(model=str(model), source="export", step=None if step is None else int(step),
                     adapter_hash=adapter_hash_value or adapter_hash(adapter_dir),
                     catalogue_hash=None if catalogue is None else catalogue_hash(catalogue),
-                    trained_until=None if trained_until is None else int(trained_until))
+                    trained_until=None if trained_until is None else int(trained_until),
+                    builder=builder, builder_options=None if builder is None else builder_options)
     manifest.pop("dim")
     return manifest
 

@@ -234,7 +234,8 @@ def finalise_best(run: PreparedRun, output) -> dict:
     trainer.accelerator.wait_for_everyone()
     base = run.base_model_id or run.base_model
     manifest = export_manifest(base, step=best_step, catalogue=data.datadir.catalogue,
-                               trained_until=data.trained_until, adapter_hash_value=adapter_hash(tmp))
+                               trained_until=data.trained_until, adapter_hash_value=adapter_hash(tmp),
+                               builder=data.builder, builder_options=data.builder_options)
     embedder = trainer.accelerator.unwrap_model(trainer.model).embedder
     table = export_embeddings(embedder, run.batcher, run.items, batch_size=run.recipe.training.export_batch_size,
                               manifest=manifest, progress=main)
