@@ -19,7 +19,8 @@ path into a scorer process (:mod:`align.async_scorer`) on rank 0's machine:
 * **Retention**: ``save_total_limit`` is applied by this callback instead of Trainer: a
   checkpoint not scored yet, the best so far and the newest are never deleted.
 * **Failure**: a scorer that exits, or that does not finish the oldest job within
-  ``scorer_timeout`` seconds (it is then killed), is reported in one line; training continues
+  ``scorer_timeout`` seconds (counted once it has loaded its inputs; its start-up may take
+  ``STARTUP_SECONDS``), is killed and reported in one line; training continues
   without LIS (``on_failure='continue'``) or stops at that step on every rank (``'stop'``).
 * **Resume** (``resume_from_checkpoint``): lines of steps after the resumed one are dropped,
   results the restored state had not seen are fed to the handlers, and only checkpoints without
