@@ -108,3 +108,27 @@ def leftovers(folder: Path, name: str) -> list[str]:
     """Temporary names a killed write of ``folder/name`` may leave (``.tmp``, ``.old-*``)."""
     return sorted(p.name for p in Path(folder).iterdir() if p.name.startswith(name + ".") and
                   (p.name.endswith(".tmp") or ".old-" in p.name))
+
+
+def kill_when(cmd: list[str], ready, delay: float, timeout: float = 600, log: Path | None = None) -> tuple[bool, str]:
+    """Run ``cmd`` and SIGKILL it ``delay`` seconds after ``ready()`` first holds (polled every
+    millisecond): a kill aimed at a moment, e.g. just as a finished folder is about to replace
+    the old one, which a kill at a random time rarely hits."""
+    mark = uuid.uuid4().hex
+    env = dict(os.environ, **{MARK: mark, "OMP_NUM_THREADS": "1"})
+    out = open(log, "wb") if log else subprocess.DEVNULL
+    try:
+        process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=out, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while process.poll() is None and not ready() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(delay)
+        if process.poll() is not None:
+            assert process.returncode == 0, f"{cmd} failed with exit status {process.returncode}"
+            return False, mark
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        return True, mark
+    finally:
+        if log:
+            out.close()

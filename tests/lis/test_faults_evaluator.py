@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.faults import digest, kill_at, kill_moments, leftovers, python_command, wait_until_gone
+from tests.faults import digest, kill_at, kill_moments, kill_when, leftovers, python_command, wait_until_gone
 
 pytestmark = pytest.mark.slow
 KILLS = 1  # kills per scenario in CI (each at a moment drawn from FAULT_SEED)
@@ -40,7 +40,8 @@ def _run_to_completion(cmd, log) -> float:
 STARTUP = 3.0  # seconds a fresh `python -m lis` takes to import before it works (a busy 2-core machine)
 
 
-def replace_under_fire(name: str, tmp: Path, targets: list[Path], cmd: list[str], check, make_new) -> None:
+def replace_under_fire(name: str, tmp: Path, targets: list[Path], cmd: list[str], check, make_new,
+                       ready=None) -> None:
     """``targets`` hold the old content. ``make_new()`` writes the new content in this process
     (what ``cmd`` writes, faster), timing the work; then, the old content restored each time,
     ``cmd`` is killed at moments within its likely duration and ``check(finals, olds, news)``
@@ -64,6 +65,13 @@ def replace_under_fire(name: str, tmp: Path, targets: list[Path], cmd: list[str]
         killed, mark = kill_at(cmd, moment, log=tmp / f"{name}-kill{k}.log")
         assert wait_until_gone(mark, 5) == [], "a process of the killed command is still running"
         check([digest(t) for t in targets], olds, news)
+    if ready is not None:  # and once just as the new folder is finished: the moment of the swap
+        for target, copy in zip(targets, saved):
+            _copy(copy, target)
+        delay = kill_moments(name + "-swap", 0.0, 0.05)[0]
+        killed, mark = kill_when(cmd, ready, delay, log=tmp / f"{name}-swap.log")
+        assert wait_until_gone(mark, 5) == []
+        check([digest(t) for t in targets], olds, news)
 
 
 def whole_old_or_new(finals, olds, news):
@@ -77,7 +85,8 @@ def test_synth_killed_while_replacing_a_world(tmp_path):
     out = tmp_path / "world"
     simulate("tiny", 0, out, progress=False)
     cmd = python_command("-m", "lis", "synth", "--preset", "tiny", "--seed", "1", "--out", out, "--quiet")
-    replace_under_fire("synth", tmp_path, [out], cmd, whole_old_or_new, lambda: simulate("tiny", 1, out, progress=False))
+    replace_under_fire("synth", tmp_path, [out], cmd, whole_old_or_new, lambda: simulate("tiny", 1, out, progress=False),
+                       ready=lambda: (tmp_path / "world.tmp" / "synth.json").exists())  # written last
     _run_to_completion(cmd, tmp_path / "again.log")  # the next run cleans up after the killed one
     assert leftovers(tmp_path, "world") == [] and (out / "synth.json").is_file()
 
@@ -106,7 +115,8 @@ def test_data_import_overwrite_killed_while_replacing(tmp_path):
     events = _events(tmp_path / "b", 400, 1)
     cmd = python_command("-m", "lis", "data", "import", "csv", events, "--out", out, "--overwrite")
     replace_under_fire("import", tmp_path, [out], cmd, whole_old_or_new,
-                       lambda: import_interactions_csv(events, out, overwrite=True))
+                       lambda: import_interactions_csv(events, out, overwrite=True),
+                       ready=lambda: (tmp_path / "imported.tmp" / "log.parquet").exists())  # written last
     _run_to_completion(cmd, tmp_path / "again.log")
     assert leftovers(tmp_path, "imported") == []
 
