@@ -208,12 +208,14 @@ class AsyncLISCallback(LISValidationCallback):
         """Rank 0: new results and, if any, the scorer's failure; with ``drain``, wait for all of them."""
         results, failure = [], None
         while True:
+            # The scorer first, then its lines: a scorer found dead has written every line it ever
+            # will, so none arrives after its failure (retention then treats the rest as final).
+            failure = self._check_scorer()
             fresh = [e for e in _first_per_step(read_scored(self.out_dir)) if e["step"] not in self.delivered
                      and e["step"] not in {r["step"] for r in results}]
             if fresh:
                 self.clock = time.monotonic()  # progress: the next job's time starts now
             results += fresh
-            failure = self._check_scorer()
             if failure or self.failure is not None or not drain or not self._waiting():
                 break
             time.sleep(0.2)
