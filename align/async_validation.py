@@ -297,7 +297,9 @@ class AsyncLISCallback(LISValidationCallback):
                             max(self.delivered, default=None)}
 
     def _rotate(self, state) -> None:
-        scored = {e["step"] for e in read_scored(self.out_dir)}
+        # Delivered, not merely written: a line the handlers have not seen yet may still make its
+        # checkpoint the best one, so that checkpoint must stay until it has been delivered.
+        scored = set(self.delivered)
         if self.failure is not None:  # nothing more will be scored: plain rotation
             scored |= set(checkpoint_steps(self.out_dir))
         deleted = rotate(self.out_dir, self.keep_limit, scored, state.best_global_step)
