@@ -72,7 +72,8 @@ def main():
         "history": json.dumps(callback.history),
         "trainer_evals": json.dumps([{k: v for k, v in e.items() if k in ("step", "eval_loss", "eval_accuracy")}
                                      for e in state.log_history if "eval_loss" in e]),
-        "lis_scores": json.dumps(callback.lis_scores),
+        # numpy score arrays (the GAUC scores) as lists, so both ranks compare them element by element
+        "lis_scores": json.dumps(callback.lis_scores, default=lambda v: v.tolist()),
         "n_items": len(callback.items),
     })
 
