@@ -107,13 +107,7 @@ class AsyncLISCallback(LISValidationCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if self.trainer is None:
             raise DataError("AsyncLISCallback: call attach(trainer) before training (align.train.prepare does).")
-        start = time.perf_counter()
-        setup = _on_main_then_broadcast(self._setup_main)
-        self.lis_scores, needed = setup["lis"], set(setup["items"])
-        self.items = [item for item in self.all_items if str(item["item_id"]) in needed]
-        self.seconds["setup"] += time.perf_counter() - start
-        if setup.get("error"):
-            raise DataError(setup["error"])
+        self._set_up()
         # Retention becomes ours: Trainer's would delete checkpoints the scorer has not read yet.
         self.keep_limit, args.save_total_limit = args.save_total_limit, None
         start = time.perf_counter()

@@ -89,9 +89,8 @@ class LISValidationCallback(TrainerCallback):
         self._writer = None
 
     # ------------------------------------------------------------------ set-up
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        from align.distributed import is_main_process
-
+    def _set_up(self) -> None:
+        """Every rank: the LIS of the builder and the items to export, computed on rank 0 and broadcast."""
         start = time.perf_counter()
         setup = _on_main_then_broadcast(self._setup_main)
         self.lis_scores, needed = setup["lis"], set(setup["items"])
@@ -99,6 +98,11 @@ class LISValidationCallback(TrainerCallback):
         self.seconds["setup"] += time.perf_counter() - start
         if setup.get("error"):
             raise DataError(setup["error"])
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        from align.distributed import is_main_process
+
+        self._set_up()
         if state.global_step == 0:
             if is_main_process():  # a fresh run starts a fresh log; a resumed one appends
                 (self.out_dir / EVALS).unlink(missing_ok=True)
