@@ -105,12 +105,7 @@ def early_stopping_overrides(data_dir, base_model, out_dir) -> list[str]:
     """The tiny recipe's overrides for the multi-node runs: callback_run.py's LIS set-up (evaluate
     every 2 steps, patience 1, a min_delta no gain reaches), so early stopping on LIS ends the
     run at step 4 of 20 on every machine."""
-    import json
-
-    from tests.align.dist_scripts.callback_run import BUILDER_OPTIONS
-
     return [f"data.data_dir={data_dir}", f"model.path={base_model}", f"training.output_dir={out_dir}",
-            "data.builder_options=" + json.dumps(BUILDER_OPTIONS),
             "training.max_steps=20", "training.eval_steps=2", "training.save_steps=2", "training.logging_steps=1",
             "training.per_device_train_batch_size=8", "training.export_batch_size=32", "training.report_to=[]",
             "lis.enabled=true", "lis.early_stopping_patience=1", "lis.early_stopping_min_delta=1.0"]

@@ -11,16 +11,11 @@ from align.cli import main
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(reason="known regression, reported: on the feed-like tiny world (issue 12) no builder has an "
-                          "LIS interval above 0, so the demo on the tiny preset stops before training", strict=False)
 def test_demo_runs_end_to_end_and_leaves_a_verified_publish_folder(tmp_path, capsys):
     out = tmp_path / "demo"
     from align.demo import run_demo
 
-    # The tiny world is too small for the builders' defaults (no LIS interval above 0 there);
-    # co-engagement of a user's engagements within 60 days gives it headroom.
-    tiny_options = {"co_engagement": {"same_session": False, "max_gap_seconds": 5184000, "window": 50, "top_k": 50}}
-    run_demo(out, preset="tiny", builder_options=tiny_options,
+    run_demo(out, preset="tiny",
              overrides=["training.max_steps=20", "training.eval_steps=10", "training.save_steps=10",
                         "training.per_device_train_batch_size=16", "training.report_to=[]"])
     printed = capsys.readouterr().out

@@ -9,8 +9,6 @@ testing hooks (environment variables, align/async_scorer.py). Each rank prints w
 import json
 import sys
 
-BUILDER_OPTIONS = {"same_session": False, "max_gap_seconds": 5184000, "window": 50, "top_k": 50}
-
 
 def main():
     from align.config import load_recipe
@@ -20,7 +18,6 @@ def main():
     data_dir, base_model, out_dir, *extra = sys.argv[1:]
     recipe = load_recipe("recipes/configs/tiny_cpu.yaml", [
         f"data.data_dir={data_dir}", f"model.path={base_model}", f"training.output_dir={out_dir}",
-        "data.builder_options=" + json.dumps(BUILDER_OPTIONS),
         "training.max_steps=400", "training.eval_steps=10", "training.save_steps=10", "training.logging_steps=1",
         "training.save_total_limit=1", "training.per_device_train_batch_size=8", "training.export_batch_size=32",
         "training.report_to=[]", "lis.enabled=true", "lis.mode=async", "lis.max_eval_items=100",

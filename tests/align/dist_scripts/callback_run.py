@@ -13,8 +13,6 @@ DataError and any other exception raised on rank 0 inside the callback's rank-0 
 import json
 import sys
 
-BUILDER_OPTIONS = {"same_session": False, "max_gap_seconds": 5184000, "window": 50, "top_k": 50}
-
 
 def rank0_failures():
     from accelerate import Accelerator
@@ -55,7 +53,6 @@ def main():
     data_dir, base_model, out_dir, *extra = sys.argv[1:]
     recipe = load_recipe("recipes/configs/tiny_cpu.yaml", [
         f"data.data_dir={data_dir}", f"model.path={base_model}", f"training.output_dir={out_dir}",
-        "data.builder_options=" + json.dumps(BUILDER_OPTIONS),
         "training.max_steps=20", "training.eval_steps=2", "training.save_steps=2", "training.logging_steps=1",
         "training.per_device_train_batch_size=8", "training.export_batch_size=32", "training.report_to=[]",
         "lis.enabled=true", "lis.early_stopping_patience=1", "lis.early_stopping_min_delta=1.0", *extra])
