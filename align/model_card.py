@@ -44,8 +44,9 @@ def hub_base_model(run: dict) -> str | None:
 def best_scores(run: dict, report: dict) -> dict:
     """AIS / LIS / eta of the best checkpoint against the training builder, with intervals when known.
 
-    Returns ``{"builder", "table", "ais", "ais_ci", "ais_gauc", "ais_gauc_ci", "lis", "lis_ci", "eta"}``;
-    a value the run did not record is None.
+    Returns ``{"builder", "table", "ais", "ais_ci", "ais_gauc", "ais_gauc_ci", "lis", "lis_ci", "eta",
+    "relation"}`` (relation: ``within`` / ``exceeds`` / ``no_ceiling`` of the table's own ceiling in
+    the report, None for a report without one); a value the run did not record is None.
     """
     builder = (run.get("data") or {}).get("builder") or (run.get("recipe") or {}).get("lis", {}).get("builder")
     lis = report.get("lis") or {}
@@ -56,18 +57,31 @@ def best_scores(run: dict, report: dict) -> dict:
     ais = ais_tables.get(table, {})
     best_metric = run.get("best_metric") or {}
     ceiling = lis.get(builder, {})
-    eta = (report.get("efficiency") or {}).get(table, {}).get(builder) if table else None
+    # eta against the table's own ceiling (the builder its manifest names), as the report computed
+    # it; a table that exceeds its ceiling has no eta, only that relation.
+    own = ais.get("ceiling") or {}
+    relation = own.get("relation")
+    eta = own.get("eta") if relation == "within" else None
+    if not own:
+        eta = best_metric.get("eval_lis_efficiency")
     scores = {
         "builder": builder, "table": table,
         "ais": ais.get("auc_gain", best_metric.get("eval_ais_auc")), "ais_ci": ais.get("auc_gain_ci"),
         "ais_gauc": ais.get("gauc_gain", best_metric.get("eval_ais_gauc")), "ais_gauc_ci": ais.get("gauc_gain_ci"),
         "lis": ceiling.get("auc_gain", best_metric.get("eval_lis_auc")), "lis_ci": ceiling.get("auc_gain_ci"),
-        "eta": eta if eta is not None else best_metric.get("eval_lis_efficiency"),
+        "eta": eta, "relation": relation,
     }
     if scores["ais"] is None:
         raise DataError("lis_report.json: no AIS of the best checkpoint: field 'ais' has no entry "
                         f"{table or 'step_' + str(run.get('best_step'))!r} and run.json's best_metric has no 'eval_ais_auc'.")
     return scores
+
+
+def _eta_text(scores: dict) -> str:
+    if scores["relation"] == "exceeds":
+        return ("n/a: AIS exceeds the LIS ceiling beyond both intervals (the embeddings carry information "
+                "this builder's pairs lack)")
+    return "n/a (the LIS interval includes 0)" if scores["eta"] is None else f"{scores['eta']:.2f}"
 
 
 def _best_table(run: dict, tables: dict) -> str | None:
@@ -196,8 +210,7 @@ def _scores_section(run: dict, report: dict, scores: dict) -> list[str]:
              f"- **AIS** (AUC gain): {_fmt(scores['ais'], scores['ais_ci'])}; GAUC gain "
              f"{_fmt(scores['ais_gauc'], scores['ais_gauc_ci'])}",
              f"- **LIS** of `{scores['builder']}` (the ceiling of the training data): {_fmt(scores['lis'], scores['lis_ci'])}",
-             "- **eta** = AIS / LIS: " + ("n/a (the LIS interval includes 0)" if scores["eta"] is None
-                                          else f"{scores['eta']:.2f}"), ""]
+             "- **eta** = AIS / LIS: " + _eta_text(scores), ""]
     lis = report.get("lis") or {}
     if lis:
         lines += ["| builder | pairs | LIS AUC gain [95% CI] | LIS GAUC gain [95% CI] |", "|---|---|---|---|"]

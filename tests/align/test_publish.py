@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from align.cli import main
-from align.model_card import render_card
+from align.model_card import best_scores, render_card
 from align.publish import assemble, publish, verify
 from hub_double import HubDouble
 from lis.errors import DataError
@@ -36,9 +36,14 @@ REPORT = {
             "random": {"n_pairs": 900, "auc_gain": 0.001, "auc_gain_ci": [-0.002, 0.004],
                        "gauc_gain": 0.0, "gauc_gain_ci": [-0.003, 0.003]}},
     "ais": {"step_40": {"coverage": 1.0, "auc_gain": 0.022, "auc_gain_ci": [0.015, 0.029],
-                        "gauc_gain": 0.017, "gauc_gain_ci": [0.010, 0.024]}},
-    "efficiency": {"step_40": {"co_engagement": 0.55, "random": None}},
-    "verdict": {"code": "data_bound", "advice": "The model reaches 55% of the data's ceiling."},
+                        "gauc_gain": 0.017, "gauc_gain_ci": [0.010, 0.024],
+                        "ceiling": {"builder": "co_engagement", "source": "manifest", "options": None,
+                                    "lis": {"auc_gain": 0.040, "auc_gain_ci": [0.031, 0.049]},
+                                    "relation": "within", "eta": 0.55, "eta_ci": [0.31, 0.94]}}},
+    # the full table x builder matrix: not what the card reads (random is not this table's builder)
+    "efficiency": {"step_40": {"co_engagement": 0.55, "random": 22.0}},
+    "verdict": {"code": "data_bound", "advice": "The model reaches eta 0.55 of builder 'co_engagement''s ceiling: "
+                                                "further gains need better preference data."},
 }
 
 
@@ -181,6 +186,19 @@ def test_card_metadata_parses_with_peft_base_model_and_model_index(run_dir, tmp_
     body = (folder / "README.md").read_text()
     assert "+0.0220 [+0.0150, +0.0290]" in body and "| random | 900 |" in body and "step 40" in body
     assert str(tmp_path) not in body and "/tmp" not in body  # no local path reaches the card
+
+
+def test_card_reads_eta_from_the_tables_own_ceiling_and_never_turns_exceeding_it_into_a_percentage():
+    run = {"base_model": HUB_BASE, "best_step": 40, "data": {"builder": "co_engagement", "n_pairs": 5, "n_items": 9}}
+    assert best_scores(run, REPORT)["eta"] == pytest.approx(0.55)
+    step = REPORT["ais"]["step_40"]
+    above = {**step, "auc_gain": 0.09, "auc_gain_ci": [0.07, 0.11],
+             "ceiling": {**step["ceiling"], "relation": "exceeds", "eta": None, "eta_ci": None}}
+    report = {**REPORT, "ais": {"step_40": above}, "efficiency": {"step_40": {"co_engagement": 2.25}}}
+    scores = best_scores(run, report)
+    assert scores["eta"] is None and scores["relation"] == "exceeds"
+    card = render_card(run, report)
+    assert "exceeds the LIS ceiling" in card and "2.25" not in card and "lis_efficiency" not in card
 
 
 def test_card_without_a_hub_base_model_omits_it_and_names_only_the_folder():
