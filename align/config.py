@@ -127,6 +127,11 @@ class LisConfig:
     scorer_device: str = "cpu"  # async: where the scorer runs (cpu, cuda:1, ...)
     scorer_timeout: float = 600.0  # async: seconds a checkpoint may wait before the scorer counts as hung
     on_scorer_failure: str = "continue"  # async: continue (without LIS) | stop (training, cleanly)
+    # the evaluator's engine: memory (one process) | spark (lis.spark; needs pyspark and Java 17),
+    # on spark_master (default local[*]) with spark_conf settings ({"spark.executor.memory": "8g"})
+    engine: str = "memory"
+    spark_master: str | None = None
+    spark_conf: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -152,6 +157,7 @@ CHOICES = {
     "data.missing_image": ("blank", "error"),
     "lis.mode": ("inline", "async"),
     "lis.on_scorer_failure": ("continue", "stop"),
+    "lis.engine": ("memory", "spark"),
 }
 
 
@@ -281,6 +287,10 @@ def _check(recipe: Recipe) -> None:
     _check_loss(src, recipe)
     if not 0.0 < recipe.data.eval_fraction < 1.0:
         raise ConfigError(f"{src}: field 'data.eval_fraction' must be in (0, 1); got {recipe.data.eval_fraction!r}.")
+    if recipe.lis.engine == "spark" and recipe.lis.mode == "async":
+        # the async scorer receives the evaluator pickled; a Spark evaluator holds a live session
+        raise ConfigError(f"{src}: field 'lis.engine' is 'spark', which needs lis.mode=inline (the asynchronous "
+                          "scorer runs an in-memory evaluator); got lis.mode='async'.")
     if recipe.training.save_steps % recipe.training.eval_steps and recipe.lis.enabled:
         raise ConfigError(
             f"{src}: field 'training.save_steps' ({recipe.training.save_steps}) must be a multiple of "

@@ -46,7 +46,8 @@ from align.lis_callback import LISValidationCallback, write_lis_report
 from align.trainer import CheckpointInfo, build_trainer, resume_argument
 from align.training_data import TrainingData, negative_rows, pair_rows, prepare_data
 from lis.embeddings import save_embeddings
-from lis.evaluator import EvaluatorConfig, LISEvaluator
+from lis.engine import make_evaluator
+from lis.evaluator import EvaluatorConfig
 from lis.errors import DataError, one_line
 
 # Named, not __name__: `python -m align.train` runs this module as __main__.
@@ -175,6 +176,15 @@ def prepare(recipe, callbacks=None, evaluator=None) -> PreparedRun:
                        int(truncated))
 
 
+def evaluator_config(recipe) -> EvaluatorConfig:
+    """The evaluator a recipe asks for: its windows, bootstrap, seed, builder options and engine."""
+    options = {recipe.data.builder: dict(recipe.data.builder_options)} if recipe.data.builder_options else {}
+    return EvaluatorConfig(eval_fraction=recipe.data.eval_fraction, n_bootstrap=recipe.lis.n_bootstrap,
+                           seed=recipe.training.seed, top_k=recipe.data.top_k, builder_options=options,
+                           engine=recipe.lis.engine, spark_master=recipe.lis.spark_master,
+                           spark_conf={str(k): str(v) for k, v in recipe.lis.spark_conf.items()})
+
+
 def make_lis_callback(recipe, data: TrainingData, source, items: list[dict], evaluator=None, base_model=None):
     """The :class:`align.lis_callback.LISValidationCallback` a recipe's ``lis`` section asks for.
 
@@ -182,10 +192,8 @@ def make_lis_callback(recipe, data: TrainingData, source, items: list[dict], eva
     otherwise rank 0 builds one at the start of training with the recipe's windows and options.
     """
     def factory():
-        options = {recipe.data.builder: dict(recipe.data.builder_options)} if recipe.data.builder_options else {}
-        config = EvaluatorConfig(eval_fraction=recipe.data.eval_fraction, n_bootstrap=recipe.lis.n_bootstrap,
-                                 seed=recipe.training.seed, top_k=recipe.data.top_k, builder_options=options)
-        return LISEvaluator(data.datadir.log, data.datadir.catalogue, config, name=f"{recipe.data.data_dir}/log")
+        return make_evaluator(data.datadir.log, data.datadir.catalogue, evaluator_config(recipe),
+                              name=f"{recipe.data.data_dir}/log")
 
     common = dict(builder=recipe.lis.builder or recipe.data.builder, evaluator=evaluator, evaluator_factory=factory,
                   require_headroom=recipe.lis.require_headroom, trained_until=data.trained_until,

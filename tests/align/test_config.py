@@ -50,3 +50,18 @@ def test_bad_contrastive_options_are_named(overrides, message):
     with pytest.raises(ConfigError) as caught:
         load_recipe(TINY, overrides)
     assert str(caught.value).startswith(f"{TINY}: ") and message in str(caught.value)
+
+
+def test_the_lis_engine_reaches_the_evaluator_config_and_spark_needs_inline_validation():
+    from align.train import evaluator_config
+
+    assert evaluator_config(load_recipe(TINY)).engine == "memory"
+    recipe = load_recipe(TINY, ["lis.engine=spark", "lis.spark_master=local[2]",
+                                'lis.spark_conf={"spark.sql.shuffle.partitions": 4}'])
+    config = evaluator_config(recipe)
+    assert (config.engine, config.spark_master, config.spark_conf) == ("spark", "local[2]",
+                                                                      {"spark.sql.shuffle.partitions": "4"})
+    with pytest.raises(ConfigError, match="field 'lis.engine' must be one of memory, spark; got 'hive'"):
+        load_recipe(TINY, ["lis.engine=hive"])
+    with pytest.raises(ConfigError, match="field 'lis.engine' is 'spark', which needs lis.mode=inline"):
+        load_recipe(TINY, ["lis.engine=spark", "lis.mode=async"])
