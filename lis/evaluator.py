@@ -32,7 +32,7 @@ from lis.features import HistoryIndex
 from lis.full_mode import FullMode
 from lis.bootstrap import check_bootstrap_users, paired_bootstrap, user_resamples
 from lis.metrics import auc, gauc
-from lis.oracle import fit_pair_embeddings, pair_matrix
+from lis.oracle import cross_fitted_features, fit_pair_embeddings
 from lis.probe import probe_gain
 from lis.rankers import IdCtrRanker, column_logits
 from lis.segments import segment_gains, segment_masks
@@ -231,23 +231,8 @@ class LISEvaluator:
         Defaults to the evaluation-window index; full mode passes the fit-window index and
         the fold of each of its impressions.
         """
-        index = self.index if index is None else index
-        fold = self.fold if fold is None else fold
-        n = len(index.rows)
-        phi = np.zeros((n, 3), dtype=np.float32)
-        controls = np.zeros((n, 3), dtype=np.float32)
-        for k, oracle in enumerate(oracles):
-            mask = fold == k
-            if not mask.any():
-                continue
-            sub = index.subset(mask)
-            if isinstance(oracle, EmbeddingTable):
-                phi[mask], controls[mask] = sub.features(oracle), sub.controls(oracle)
-            else:
-                weights, present = pair_matrix(oracle, index)
-                phi[mask] = sub.pair_features(weights)
-                controls[mask] = sub.controls(present=present)
-        return phi, controls
+        return cross_fitted_features(self.index if index is None else index, self.fold if fold is None else fold,
+                                     oracles)
 
     def lis(self, builder: str, transform=None, cache: bool = True, return_scores: bool = False,
             **options) -> dict:

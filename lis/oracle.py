@@ -125,3 +125,28 @@ def pair_matrix(pairs: pd.DataFrame, index, scale: float | None = None):
     matrix = matrix.maximum(matrix.T)  # candidate->history and history->candidate alike
     present = index.present_items(np.unique(np.concatenate([pairs["anchor_id"], pairs["positive_id"]]).astype(str)))
     return matrix, present
+
+
+def cross_fitted_features(index, fold: np.ndarray, oracles: list, scales: list | None = None):
+    """(phi, controls) of every row of ``index``: each row gets the oracle of its own user's fold.
+
+    ``oracles[k]`` is fold k's oracle, an :class:`EmbeddingTable` (embedding mode) or its pair
+    frame (pairs mode, weights scaled by ``scales[k]`` when given, else by the largest weight
+    among pairs of items in ``index``). One kernel for both engines: the Spark engine calls it
+    per block of users, the in-memory evaluator on the whole window.
+    """
+    n = len(index.rows)
+    phi = np.zeros((n, 3), dtype=np.float32)
+    controls = np.zeros((n, 3), dtype=np.float32)
+    for k, oracle in enumerate(oracles):
+        mask = fold == k
+        if not mask.any():
+            continue
+        sub = index.subset(mask)
+        if isinstance(oracle, EmbeddingTable):
+            phi[mask], controls[mask] = sub.features(oracle), sub.controls(oracle)
+        else:
+            weights, present = pair_matrix(oracle, index, scale=scales[k] if scales else None)
+            phi[mask] = sub.pair_features(weights)
+            controls[mask] = sub.controls(present=present)
+    return phi, controls

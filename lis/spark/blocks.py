@@ -73,24 +73,9 @@ def oracle_columns(block: dict, oracles: list, scales: list | None = None) -> tu
 
     Pairs mode scales fold k's pair weights by ``scales[k]`` (the largest weight among pairs of
     logged items in the whole log), not by the largest within the block."""
-    from lis.oracle import pair_matrix
+    from lis.oracle import cross_fitted_features
 
-    index, fold = block["index"], block["fold"]
-    n = len(index.rows)
-    phi = np.zeros((n, 3), dtype=np.float32)
-    controls = np.zeros((n, 3), dtype=np.float32)
-    for k, oracle in enumerate(oracles):
-        mask = fold == k
-        if not mask.any():
-            continue
-        sub = index.subset(mask)
-        if isinstance(oracle, EmbeddingTable):
-            phi[mask], controls[mask] = sub.features(oracle), sub.controls(oracle)
-        else:
-            weights, present = pair_matrix(oracle, index, scale=scales[k] if scales else None)
-            phi[mask] = sub.pair_features(weights)
-            controls[mask] = sub.controls(present=present)
-    return phi, controls
+    return cross_fitted_features(block["index"], block["fold"], oracles, scales)
 
 
 def present_count(block: dict, ids) -> int:
