@@ -41,19 +41,30 @@ def kill_at(cmd: list[str], seconds: float, env: dict | None = None, log: Path |
 
     Returns ``(killed, mark)``: killed is False when it finished first (its exit status must
     then be 0); ``mark`` finds its descendants with :func:`survivors`."""
+    def wait(process):
+        try:
+            process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            pass
+
+    return _run_and_kill(cmd, wait, env, log)
+
+
+def _run_and_kill(cmd: list[str], wait, env: dict | None, log: Path | None) -> tuple[bool, str]:
+    """Start ``cmd`` with a fresh mark, call ``wait(process)``, then SIGKILL it unless it has ended."""
     mark = uuid.uuid4().hex
     env = dict(os.environ if env is None else env, **{MARK: mark, "OMP_NUM_THREADS": "1"})
     out = open(log, "wb") if log else subprocess.DEVNULL
     try:
         process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=out, start_new_session=True)
-        try:
-            status = process.wait(timeout=seconds)
-            assert status == 0, f"{cmd} failed with exit status {status}" + (f"; see {log}" if log else "")
+        wait(process)
+        if process.poll() is not None:
+            assert process.returncode == 0, (f"{cmd} failed with exit status {process.returncode}"
+                                             + (f"; see {log}" if log else ""))
             return False, mark
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            return True, mark
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        return True, mark
     finally:
         if log:
             out.close()
@@ -114,21 +125,10 @@ def kill_when(cmd: list[str], ready, delay: float, timeout: float = 600, log: Pa
     """Run ``cmd`` and SIGKILL it ``delay`` seconds after ``ready()`` first holds (polled every
     millisecond): a kill aimed at a moment, e.g. just as a finished folder is about to replace
     the old one, which a kill at a random time rarely hits."""
-    mark = uuid.uuid4().hex
-    env = dict(os.environ, **{MARK: mark, "OMP_NUM_THREADS": "1"})
-    out = open(log, "wb") if log else subprocess.DEVNULL
-    try:
-        process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=out, start_new_session=True)
+    def wait(process):
         deadline = time.monotonic() + timeout
         while process.poll() is None and not ready() and time.monotonic() < deadline:
             time.sleep(0.001)
         time.sleep(delay)
-        if process.poll() is not None:
-            assert process.returncode == 0, f"{cmd} failed with exit status {process.returncode}"
-            return False, mark
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        return True, mark
-    finally:
-        if log:
-            out.close()
+
+    return _run_and_kill(cmd, wait, None, log)
