@@ -8,6 +8,9 @@ TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 DEMO_OUT    ?= runs/demo
 PYTEST_ARGS ?=
+# Test workers (pytest-xdist), whole files per worker so module fixtures are built once; 2 suits
+# a 2-core machine (TEST_WORKERS=0 runs everything in one process).
+TEST_WORKERS ?= 2
 
 .PHONY: demo test bench install clean help
 
@@ -43,7 +46,7 @@ demo: install
 	$(VENV)/bin/lis-align demo --out $(DEMO_OUT)
 
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: install
 	@for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
