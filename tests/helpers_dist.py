@@ -125,6 +125,20 @@ def print_result(obj: dict, tag: str = "RESULT") -> None:
         dist.barrier()
 
 
+def training_outcome(result: dict, recipe) -> dict:
+    """What a launched run_training script reports from every rank: where it stopped, what it
+    kept as best, and the LIS callback's history as json text (NaN compares equal to NaN and
+    floats bit for bit)."""
+    trainer, state = result["trainer"], result["trainer"].state
+    return {
+        "rank": trainer.args.process_index, "world_size": trainer.args.world_size,
+        "max_steps": recipe.training.max_steps, "global_step": state.global_step,
+        "should_training_stop": bool(trainer.control.should_training_stop),
+        "best_global_step": state.best_global_step, "best_model_checkpoint": state.best_model_checkpoint,
+        "history": json.dumps(result["lis_callback"].history),
+    }
+
+
 def parse_results(stdout: str, tag: str = "RESULT") -> list[dict]:
     """The JSON objects printed as ``TAG {...}`` lines, sorted by their "rank" key if present."""
     rows = [json.loads(line[len(tag) + 1:]) for line in stdout.splitlines() if line.startswith(tag + " ")]

@@ -1,6 +1,6 @@
 """align/async_validation.py + align/async_scorer.py: LIS validation by a scorer process beside training.
 
-Single-process runs on the tiny simulated world (the co-engagement options of test_lis_callback):
+Single-process runs on the tiny simulated world, sharing one evaluator as the demo does:
 the same checkpoints get the same metrics inline and asynchronously; a hung scorer is killed
 after ``lis.scorer_timeout`` and reported in one line, the run still finishes; resuming that
 run scores only the checkpoints without a line. The two-process run (slow scorer, early
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.align.test_lis_callback import LIS, METRICS
-from tests.align.train_helpers import recipe
+from tests.align.train_helpers import factory_evaluator, recipe
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SHORT = ["training.max_steps=4", "training.eval_steps=2", "training.save_steps=2", "training.report_to=[]",
@@ -28,15 +28,21 @@ def evals(run: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def inline_run(tmp_path_factory, data_dir, base_model):
-    from align.train import run_training
-
-    out = tmp_path_factory.mktemp("inline_run") / "run"
-    return out, run_training(recipe(data_dir, base_model, out, *LIS, *SHORT))
+def evaluator(data_dir, base_model):
+    """One evaluator for the module's three runs, as the recipe's factory builds it."""
+    return factory_evaluator(data_dir, base_model, *LIS, *SHORT)
 
 
 @pytest.fixture(scope="module")
-def hung_then_resumed(tmp_path_factory, data_dir, base_model):
+def inline_run(tmp_path_factory, data_dir, base_model, evaluator):
+    from align.train import run_training
+
+    out = tmp_path_factory.mktemp("inline_run") / "run"
+    return out, run_training(recipe(data_dir, base_model, out, *LIS, *SHORT), evaluator=evaluator)
+
+
+@pytest.fixture(scope="module")
+def hung_then_resumed(tmp_path_factory, data_dir, base_model, evaluator):
     """An async run (6 steps) whose scorer hangs at step 4 and is killed, then resumed to step 8."""
     from align.train import run_training
 
@@ -46,13 +52,13 @@ def hung_then_resumed(tmp_path_factory, data_dir, base_model):
     logging.getLogger("align.async_validation").addHandler(handler)
     os.environ["LIS_ALIGN_SCORER_HANG_AT"] = "4"
     try:
-        first = run_training(recipe(data_dir, base_model, out, *base, "training.max_steps=6"))
+        first = run_training(recipe(data_dir, base_model, out, *base, "training.max_steps=6"), evaluator=evaluator)
     finally:
         del os.environ["LIS_ALIGN_SCORER_HANG_AT"]
         logging.getLogger("align.async_validation").removeHandler(handler)
     after_first = evals(out)
     second = run_training(recipe(data_dir, base_model, out, *base, "training.max_steps=8",
-                                 "training.resume_from_checkpoint=last"))
+                                 "training.resume_from_checkpoint=last"), evaluator=evaluator)
     return out, first, after_first, handler.errors, second
 
 

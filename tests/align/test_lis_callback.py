@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from lis.errors import DataError
-from tests.align.train_helpers import recipe
+from tests.align.train_helpers import factory_evaluator, recipe
 
 LIS = ["lis.enabled=true"]
 METRICS = ("eval_ais_auc", "eval_ais_auc_lo", "eval_ais_auc_hi", "eval_ais_gauc", "eval_ais_gauc_lo",
@@ -52,14 +52,9 @@ def trained(tmp_path_factory, data_dir, base_model):
 
 
 @pytest.fixture(scope="module")
-def no_headroom_evaluator(data_dir):
+def no_headroom_evaluator(data_dir, base_model):
     """The evaluator the factory would build, shared by the 'random' runs (its LIS is cached)."""
-    from lis.datadir import load_datadir
-    from lis.evaluator import EvaluatorConfig, LISEvaluator
-
-    datadir = load_datadir(data_dir, check_images=False)
-    return LISEvaluator(datadir.log, datadir.catalogue, EvaluatorConfig(n_bootstrap=200, seed=0),
-                        name=f"{data_dir}/log")
+    return factory_evaluator(data_dir, base_model, *LIS)
 
 
 def scored_steps(history):

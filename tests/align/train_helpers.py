@@ -28,3 +28,15 @@ def recipe(data_dir, base_model, out_dir, *extra, path="recipes/configs/tiny_cpu
 
     return load_recipe(path, [f"data.data_dir={data_dir}", f"model.path={base_model}",
                               f"training.output_dir={out_dir}", *FAST, *extra])
+
+
+def factory_evaluator(data_dir, base_model, *extra):
+    """The evaluator training's factory would build for ``recipe(...)`` with ``extra``, built once
+    so that several runs of a module share it (its LIS is cached: the set-up costs ~25 s a run)."""
+    from align.train import evaluator_config
+    from lis.datadir import load_datadir
+    from lis.engine import make_evaluator
+
+    datadir = load_datadir(data_dir, check_images=False)
+    config = evaluator_config(recipe(data_dir, base_model, "unused", *extra))
+    return make_evaluator(datadir.log, datadir.catalogue, config, name=f"{data_dir}/log")

@@ -9,15 +9,7 @@ from sklearn.metrics import roc_auc_score
 from lis.bootstrap import MIN_USERS, check_bootstrap_users, paired_bootstrap, user_resamples
 from lis.errors import DataError
 from lis.metrics import _ScoreOrder, auc, gauc
-
-
-def tied_data(seed: int, n: int = 3000, n_users: int = 60):
-    """Scores rounded to 1 decimal (many ties), users of very different sizes."""
-    rng = np.random.default_rng(seed)
-    users = rng.zipf(1.5, n) % n_users
-    labels = (rng.random(n) < 0.2).astype(int)
-    scores = np.round(rng.normal(size=n) + 0.7 * labels, 1)
-    return users, labels, scores
+from tests.lis.test_metrics import tied_data
 
 
 class WeightedAuc:

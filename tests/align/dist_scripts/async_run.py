@@ -6,14 +6,13 @@ can reach (so it fires when the second scored checkpoint arrives), and a step bu
 run should never reach. The test slows the scorer down and kills it through the scorer's
 testing hooks (environment variables, align/async_scorer.py). Each rank prints what it saw.
 """
-import json
 import sys
 
 
 def main():
     from align.config import load_recipe
     from align.train import run_training
-    from tests.helpers_dist import print_result
+    from tests.helpers_dist import print_result, training_outcome
 
     data_dir, base_model, out_dir, *extra = sys.argv[1:]
     recipe = load_recipe("recipes/configs/tiny_cpu.yaml", [
@@ -23,17 +22,9 @@ def main():
         "training.report_to=[]", "lis.enabled=true", "lis.mode=async", "lis.max_eval_items=100",
         "lis.early_stopping_patience=1", "lis.early_stopping_min_delta=1.0", "lis.scorer_timeout=120", *extra])
     result = run_training(recipe)
-    trainer, callback = result["trainer"], result["lis_callback"]
-    state = trainer.state
-    print_result({
-        "rank": trainer.args.process_index, "world_size": trainer.args.world_size,
-        "max_steps": recipe.training.max_steps, "global_step": state.global_step,
-        "should_training_stop": bool(trainer.control.should_training_stop),
-        "best_global_step": state.best_global_step, "best_model_checkpoint": state.best_model_checkpoint,
-        "history": json.dumps(callback.history), "stopped": callback.stopped, "failure": callback.failure,
-        "seconds": callback.seconds,
-    })
-
+    callback = result["lis_callback"]
+    print_result({**training_outcome(result, recipe), "stopped": callback.stopped, "failure": callback.failure,
+                  "seconds": callback.seconds})
 
 if __name__ == "__main__":
     main()

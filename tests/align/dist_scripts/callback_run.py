@@ -48,7 +48,7 @@ def main():
         return rank0_failures()
     from align.config import load_recipe
     from align.train import run_training
-    from tests.helpers_dist import print_result
+    from tests.helpers_dist import print_result, training_outcome
 
     data_dir, base_model, out_dir, *extra = sys.argv[1:]
     recipe = load_recipe("recipes/configs/tiny_cpu.yaml", [
@@ -57,23 +57,15 @@ def main():
         "training.per_device_train_batch_size=8", "training.export_batch_size=32", "training.report_to=[]",
         "lis.enabled=true", "lis.early_stopping_patience=1", "lis.early_stopping_min_delta=1.0", *extra])
     result = run_training(recipe)
-    trainer, callback = result["trainer"], result["lis_callback"]
-    state = trainer.state
+    callback, state = result["lis_callback"], result["trainer"].state
     print_result({
-        "rank": trainer.args.process_index, "world_size": trainer.args.world_size,
-        "max_steps": recipe.training.max_steps, "global_step": state.global_step,
-        "should_training_stop": bool(trainer.control.should_training_stop),
-        "best_global_step": state.best_global_step, "best_model_checkpoint": state.best_model_checkpoint,
-        "best_metric": state.best_metric, "result_best_step": result["best_step"],
-        # json text, so NaN compares equal to NaN and floats compare bit for bit
-        "history": json.dumps(callback.history),
+        **training_outcome(result, recipe), "best_metric": state.best_metric, "result_best_step": result["best_step"],
         "trainer_evals": json.dumps([{k: v for k, v in e.items() if k in ("step", "eval_loss", "eval_accuracy")}
                                      for e in state.log_history if "eval_loss" in e]),
         # numpy score arrays (the GAUC scores) as lists, so both ranks compare them element by element
         "lis_scores": json.dumps(callback.lis_scores, default=lambda v: v.tolist()),
         "n_items": len(callback.items),
     })
-
 
 if __name__ == "__main__":
     main()
