@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -241,6 +242,9 @@ def _build(cls, raw, source: str, prefix: str):
     return cls(**values)
 
 
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(value, hint, source: str, name: str):
     allowed = getattr(hint, "__args__", (hint,))
     if value is None:
@@ -252,6 +256,8 @@ def _coerce(value, hint, source: str, name: str):
             continue
         if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if kind is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            return float(value)  # PyYAML (YAML 1.1) reads 2e-3 as text: only 2.0e-3 is a float to it
         if kind is list and isinstance(value, str):
             return [part for part in value.split(",") if part]
         origin = getattr(kind, "__origin__", kind)

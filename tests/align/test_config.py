@@ -11,8 +11,9 @@ TINY = "recipes/configs/tiny_cpu.yaml"
 
 
 def test_defaults_and_dotted_overrides():
-    recipe = load_recipe(TINY, ["training.max_steps=7", "lora.r=8", "data.prompt='{image} {text} in one word:'"])
-    assert recipe.training.max_steps == 7 and recipe.lora.r == 8
+    recipe = load_recipe(TINY, ["training.max_steps=7", "lora.r=8", "data.prompt='{image} {text} in one word:'",
+                                "training.learning_rate=2e-3"])  # YAML 1.1 reads 2e-3 as text; we read a float
+    assert recipe.training.max_steps == 7 and recipe.lora.r == 8 and recipe.training.learning_rate == 0.002
     assert recipe.data.prompt == "{image} {text} in one word:"
     assert load_recipe(TINY).data.prompt == DEFAULT_PROMPT  # today's prompt unless a recipe says otherwise
     assert load_recipe(TINY).to_dict()["data"]["prompt"] == DEFAULT_PROMPT  # so run.json records it
@@ -24,6 +25,7 @@ def test_defaults_and_dotted_overrides():
     ("data.prompt=null", "field 'data.prompt' may not be empty"),
     ("data.nope=1", "unknown field 'data.nope'"),
     ("training.max_steps=0", "field 'training.max_steps' must be positive; got 0"),
+    ("training.learning_rate=fast", "field 'training.learning_rate' must be float; got 'fast'"),
 ])
 def test_bad_fields_are_named_with_the_file_and_value(override, message):
     with pytest.raises(ConfigError) as caught:
