@@ -12,13 +12,14 @@ PYTEST_ARGS ?=
 # a 2-core machine (TEST_WORKERS=0 runs everything in one process).
 TEST_WORKERS ?= 2
 
-.PHONY: demo test bench install clean help
+.PHONY: demo test bench validity-at-scale install clean help
 
 help:
 	@echo "make demo   - simulate the demo platform, compare builders by LIS, train the tiny VLM with LoRA,"
 	@echo "              early-stop on LIS and assemble a ready-to-publish adapter folder (runs/demo)"
 	@echo "make test   - run the whole test suite (slow multi-process tests included)"
 	@echo "make bench  - run the benchmarks in bench/ and print their tables"
+	@echo "make validity-at-scale - LIS/AIS validity checks on the >= 1M-impression bench world (CI runs it)"
 
 install: $(VENV)/.installed
 
@@ -47,6 +48,11 @@ demo: install
 
 test: install
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# LIS/AIS validity at >= 1M impressions (bench preset): null controls at 0 on AUC and GAUC, the
+# true latents clearly positive and above the co_engagement ceiling. CI runs it after the tests.
+validity-at-scale: install
+	$(PY) bench/check_validity_at_scale.py --world runs/validity-bench
 
 bench: install
 	@for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
