@@ -13,7 +13,7 @@ tables. Checks (exit status 1 and a line per failure otherwise):
 * the verdict is ``exceeds_ceiling`` against ``co_engagement`` (the latents carry information
   that co-engagement pairs lack: they were not trained on them).
 
-Takes about 4 minutes on 2 cores (most of it the two leaked oracles per builder). Prints the
+Takes about 2 minutes on 2 idle cores, simulation included (most of it the two leaked oracles per builder). Prints the
 report's markdown so the figures can be quoted.
 """
 from __future__ import annotations
