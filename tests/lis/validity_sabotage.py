@@ -14,7 +14,6 @@ builders_swap co_engagement and category pairs swapped: metadata 'beats' behavio
 """
 import os
 
-import numpy as np
 import pytest
 
 WHICH = os.environ.get("SABOTAGE", "")
