@@ -57,14 +57,14 @@ def prepare_world(out: Path, seed: int, preset: str) -> Path:
     return data
 
 
-def compare_builders(datadir, out: Path, seed: int, builders=BUILDERS, builder_options=None):
+def compare_builders(datadir, out: Path, seed: int, builders=BUILDERS):
     from lis.evaluator import EvaluatorConfig, LISEvaluator
     from lis.report import write_report
 
     start = time.perf_counter()
     # The evaluator's default oracle steps: 300 left the random-pairs oracle short of noise on the
     # demo world (AUC gain -0.0025 [-0.0042, -0.0010]); 600 gives -0.0006 [-0.0018, +0.0004].
-    config = EvaluatorConfig(seed=seed, builder_options=builder_options or {})
+    config = EvaluatorConfig(seed=seed)
     evaluator = LISEvaluator(datadir.log, datadir.catalogue, config, name=f"{datadir.path}/log")
     report = evaluator.report({}, builders=builders, with_segments=False, progress=lambda m: say("  " + m))
     write_report(report, out / "builders" / "lis_report.json")
@@ -93,13 +93,9 @@ def training_builder(lis: dict) -> str:
     return builder
 
 
-def run_demo(out="runs/demo", seed: int = 0, preset: str = "demo", overrides=(), publish: bool = True,
-             builder_options: dict | None = None) -> dict:
+def run_demo(out="runs/demo", seed: int = 0, preset: str = "demo", overrides=(), publish: bool = True) -> dict:
     """Run the main job; returns the summary it prints (also written to ``OUT/summary.json``).
-
-    ``builder_options`` (``{builder: {option: value}}``, default none: every builder's defaults)
-    is for worlds too small for the defaults, such as the tiny preset of the tests.
-    """
+    Every builder runs with its default options, on every preset."""
     from align import strict_json
     from align.config import load_recipe
     from align.train import run_training
@@ -109,13 +105,12 @@ def run_demo(out="runs/demo", seed: int = 0, preset: str = "demo", overrides=(),
     out = Path(out)
     data_dir = prepare_world(out, seed, preset)
     datadir = load_datadir(data_dir, check_images=True)
-    evaluator, builders_report = compare_builders(datadir, out, seed, builder_options=builder_options)
+    evaluator, builders_report = compare_builders(datadir, out, seed)
     builder = training_builder(builders_report["lis"])
     say(f"training on the fit-window pairs of the best builder: {builder}")
     recipe = load_recipe(DEMO_RECIPE, [
         f"data.data_dir={data_dir}", f"data.builder={builder}", f"lis.builder={builder}",
-        f"training.output_dir={out / 'train'}", f"training.seed={seed}", *DEMO_TRAINING,
-        "data.builder_options=" + json.dumps((builder_options or {}).get(builder, {})), *overrides,
+        f"training.output_dir={out / 'train'}", f"training.seed={seed}", *DEMO_TRAINING, *overrides,
     ])
     if (out / "train").exists():  # the demo's own output: a rerun starts clean, never resumes
         import shutil
