@@ -45,6 +45,9 @@ class DataConfig:
     # an instruction-tuned checkpoint may want its chat format here. Saved with every checkpoint.
     prompt: str = DEFAULT_PROMPT
     item_cache: bool = True  # preprocess every item once (fast for small images; off for large ones)
+    # With the item cache: each item's vision-encoder output (frozen tower) and M-RoPE position ids
+    # computed once, not at every step (align/frozen_inputs.py; small models, frozen vision only).
+    cache_frozen_inputs: bool = False
 
 
 @dataclass
@@ -368,6 +371,11 @@ def _check_ranges(src: str, recipe: Recipe) -> None:
                         "loss.logit_scale_init": recipe.loss.logit_scale_init}.items():
         if not math.isfinite(value) or value < 0:
             raise ConfigError(f"{src}: field '{name}' must be a finite number >= 0; got {value!r}.")
+    if d.cache_frozen_inputs and not d.item_cache:
+        raise ConfigError(f"{src}: field 'data.cache_frozen_inputs' needs data.item_cache: true (it caches per item "
+                          "of the item cache); got item_cache: false.")
+    if d.cache_frozen_inputs and recipe.lora.vision:
+        raise ConfigError(f"{src}: field 'data.cache_frozen_inputs' needs a frozen vision tower; got lora.vision: true.")
     if not 0.0 <= recipe.lora.dropout < 1.0:
         raise ConfigError(f"{src}: field 'lora.dropout' must be in [0, 1); got {recipe.lora.dropout!r}.")
     if not (math.isfinite(lis.scorer_timeout) and lis.scorer_timeout > 0):

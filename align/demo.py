@@ -30,8 +30,9 @@ BUILDERS = ("co_engagement", "ranker_knn", "category", "random")
 # pairs headroom without tuning. Training overrides of the recipe, so LIS steers the run:
 # asynchronous validation every 50 steps (training never waits for it), early stopping after 3
 # scored evaluations without an improvement of at least 0.001 AUC gain, a step budget it should
-# not reach.
-DEMO_TRAINING = ("lis.mode=async", "training.eval_steps=50", "training.save_steps=50", "training.logging_steps=25",
+# not reach; each item's frozen vision-encoder output and position ids computed once, not at every
+# step (align/frozen_inputs.py: a step costs 38% less).
+DEMO_TRAINING = ("data.cache_frozen_inputs=true", "lis.mode=async", "training.eval_steps=50", "training.save_steps=50", "training.logging_steps=25",
                  "training.max_steps=1000", "lis.early_stopping_patience=3", "lis.early_stopping_min_delta=0.001")
 DEMO_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "tiny_cpu.yaml"
 

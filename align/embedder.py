@@ -9,6 +9,7 @@ from torch import nn
 
 from align.checkpoint import HEAD_CONFIG, read_head, write_head
 from align.embedding_loop import embed_in_batches
+from align.frozen_inputs import FEATURES_KEY
 from align.models.families import get_family
 from lis.errors import ConfigError, DataError
 
@@ -102,10 +103,17 @@ class ItemEmbedder(nn.Module):
         """The pooled final hidden states ``(B, hidden)`` float32, before centring and head.
 
         Per item: no batch statistics yet, so a batch may be pooled in chunks (the cached loss does).
+        A batch from :class:`align.frozen_inputs.FrozenItemInputs` carries ``image_features``
+        (cached encoder outputs) instead of pixels; they reach the model as ``mm_encoder_outputs``.
         """
         mask = batch.get("attention_mask")
         if mask is None:
             raise DataError("batch: 'attention_mask' is missing; build batches with align.collate.ItemBatcher.")
+        features = batch.pop(FEATURES_KEY, None)
+        if features is not None:  # cached vision-encoder outputs (align.frozen_inputs) instead of pixels
+            from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+            batch["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=tuple(features))}
         outputs = self.backbone()(**batch, use_cache=False, return_dict=True)
         # >= float32 before pooling: a bf16 sum over hundreds of positions loses digits.
         hidden = outputs.last_hidden_state

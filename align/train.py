@@ -38,8 +38,9 @@ from align.checkpoint import (BEST_DIR, EMBEDDINGS, adapter_hash, batcher_settin
                               write_embedder_config, write_run)
 from align.collate import BatcherSource, PairCollator, PairDataset, batcher_for_datadir, items_from_catalogue
 from align.config import load_recipe
-from align.distributed import launch_rank
+from align.distributed import launch_rank, refuse_under_zero3
 from align.export import export_embeddings, export_manifest
+from align.frozen_inputs import FrozenItemInputs
 from align.item_cache import ItemCache
 from align.launcher import die_with_parent
 from align.lis_callback import LISValidationCallback, write_lis_report
@@ -147,6 +148,9 @@ def prepare(recipe, callbacks=None, evaluator=None) -> PreparedRun:
     if d.item_cache:
         source = ItemCache(batcher, items, progress=launch_rank() == 0)
         truncated = source.truncated
+        if d.cache_frozen_inputs:
+            refuse_under_zero3("data.cache_frozen_inputs")
+            source = FrozenItemInputs(source, model.embedder, progress=launch_rank() == 0)
     else:
         source = BatcherSource(batcher, items)
         truncated = _count_truncated(batcher, items)

@@ -7,7 +7,8 @@ The error contract (README, "What we guarantee"): bad input -- a :class:`lis.err
 an argparse error, a file the system refuses (``OSError`` naming it) -- is ONE line on stderr
 and exit status 2. Any other exception is a bug in lis-align: one "internal error ... please
 report" line and exit status 1. ``--debug`` (anywhere before a lone ``--``) adds the
-traceback to either. Ctrl-C is exit status 130.
+traceback to either. Running out of memory (a ``MemoryError``, or Spark's JVM out of heap) is
+not a bug: one line naming the setting that raises the limit, exit status 3. Ctrl-C is exit status 130.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from lis.errors import DataError, one_line
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
 EXIT_INTERRUPTED = 130
+EXIT_OUT_OF_MEMORY = 3
 
 LIS_COMMANDS = (
     "lis.commands.synth",
@@ -62,8 +64,9 @@ def build_parser(modules=LIS_COMMANDS, prog: str = "lis-align") -> argparse.Argu
 def run(parser: argparse.ArgumentParser, argv=None) -> int:
     """Parse ``argv``, run the chosen handler, map every failure to one line and an exit status.
 
-    Bad input (DataError, or an OSError about a named file) -> 2; interrupted -> 130; any other
-    exception is a bug -> 1 with a "please report" line. ``--debug`` adds the traceback.
+    Bad input (DataError, or an OSError about a named file) -> 2; out of memory -> 3 with the
+    setting that raises it (:func:`out_of_memory`); interrupted -> 130; any other exception is a
+    bug -> 1 with a "please report" line. ``--debug`` adds the traceback.
     """
     argv, debug = split_debug(sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)
@@ -80,8 +83,26 @@ def run(parser: argparse.ArgumentParser, argv=None) -> int:
         return _fail(parser.prog, one_line(f"{error.filename}: {error.strerror or type(error).__name__}"),
                      EXIT_BAD_INPUT, debug)
     except Exception as error:  # a bug: short line, traceback only on request
+        memory = out_of_memory(error)
+        if memory:
+            return _fail(parser.prog, memory, EXIT_OUT_OF_MEMORY, debug)
         return _internal(parser.prog, error, debug)
     return int(result or 0)
+
+
+def out_of_memory(error: BaseException) -> str | None:
+    """One line saying what ran out of memory and which setting raises it; None for anything else.
+
+    Not a bug and not bad input: the same command succeeds with more memory. Spark's local mode
+    runs its tasks in the driver's JVM, so a task's ``java.lang.OutOfMemoryError`` (which stops
+    the SparkContext, and reaches Python as a cancelled job) is fixed by ``spark.driver.memory``."""
+    if isinstance(error, MemoryError):
+        return "out of memory in this process; free memory, or use the Spark engine (--engine spark) for large logs"
+    text = str(error)
+    if type(error).__name__ == "Py4JJavaError" and ("OutOfMemoryError" in text or "SparkContext was shut down" in text):
+        return ("Spark stopped, most likely out of Java heap (java.lang.OutOfMemoryError in the log above); raise "
+                "it with --spark-conf spark.driver.memory=8g (local mode) or spark.executor.memory=8g (a cluster)")
+    return None
 
 
 def split_debug(argv: list[str]) -> tuple[list[str], bool]:

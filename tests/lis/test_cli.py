@@ -53,6 +53,28 @@ def test_an_os_error_naming_a_file_is_bad_input(monkeypatch, capsys):
     assert _stderr_lines(capsys) == ["lis-align: /root/out: Permission denied"]
 
 
+class Py4JJavaError(Exception):
+    """A test double of py4j's error (named like it; the CLI matches the type by name, not by import)."""
+
+
+@pytest.mark.parametrize("error, says", [
+    (MemoryError(), "out of memory in this process"),
+    (Py4JJavaError("An error occurred while calling o702.getResult: Job 49 cancelled because SparkContext was shut down"),
+     "--spark-conf spark.driver.memory=8g"),
+])
+def test_running_out_of_memory_is_one_line_naming_the_setting_and_exit_3(monkeypatch, capsys, error, says):
+    cli = _cli_raising(monkeypatch, error)
+    assert cli(["synth", "--out", "x"]) == 3
+    lines = _stderr_lines(capsys)
+    assert len(lines) == 1 and says in lines[0] and "internal error" not in lines[0]
+
+
+def test_other_spark_errors_stay_internal_errors(monkeypatch, capsys):
+    cli = _cli_raising(monkeypatch, Py4JJavaError("An error occurred while calling o1.count: NullPointerException"))
+    assert cli(["synth", "--out", "x"]) == 1
+    assert "internal error (Py4JJavaError" in _stderr_lines(capsys)[0]
+
+
 def test_interrupt_is_exit_130(monkeypatch, capsys):
     cli = _cli_raising(monkeypatch, KeyboardInterrupt())
     assert cli(["synth", "--out", "x"]) == 130
