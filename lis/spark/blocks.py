@@ -19,10 +19,8 @@ from lis.features import HistoryIndex
 from lis.resample import user_keys
 from lis.spark.source import ORDER
 
-# Rows per block: big enough to amortise Python per block, small enough that the JVM copies of a
-# pickled block stay small. A block travels through the JVM as one binary value (Arrow, then the
-# RDD's pickled row, then the persisted copy): at 400k rows the JVM allocated 256 MB arrays and
-# ran out of its 4 GB heap on a 74M-impression log; 100k rows keep each copy near 30 MB.
+# Rows per block: big enough to amortise Python per block, small enough that the JVM's copies of
+# a pickled block (one binary value: Arrow, the RDD row, the persisted copy) stay near 30 MB.
 ROWS_PER_BLOCK = 100_000
 
 
@@ -58,7 +56,10 @@ def make_blocks(log, n: int, *, eval_start: int, probe_split: int, max_len: int,
                  "base_logit": logit, "index": index, "order": rows[list(ORDER)].reset_index(drop=True)}
         return pd.DataFrame({"blob": [pickle.dumps(block, protocol=pickle.HIGHEST_PROTOCOL)]})
 
-    packed = bucketed.groupBy("_block").applyInPandas(pack, schema="blob binary")
+    # One partition per block bucket, not spark.sql.shuffle.partitions: a persisted partition is
+    # unrolled in the JVM heap as a whole, so with a fixed 8 partitions its size grew with the log
+    # (the 4 GB heap ran out at 74M impressions); with n it stays about one block.
+    packed = bucketed.repartition(n, "_block").groupBy("_block").applyInPandas(pack, schema="blob binary")
     blocks = packed.rdd.map(lambda row: pickle.loads(row.blob)).persist(StorageLevel.MEMORY_AND_DISK)
     blocks.count()
     return blocks
