@@ -30,9 +30,8 @@ BUILDERS = ("co_engagement", "ranker_knn", "category", "random")
 # pairs headroom without tuning. Training overrides of the recipe, so LIS steers the run:
 # asynchronous validation every 50 steps (training never waits for it), early stopping after 3
 # scored evaluations without an improvement of at least 0.001 AUC gain, a step budget it should
-# not reach; each item's frozen vision-encoder output and position ids computed once, not at every
-# step (align/frozen_inputs.py: a step costs 38% less).
-DEMO_TRAINING = ("data.cache_frozen_inputs=true", "lis.mode=async", "training.eval_steps=50", "training.save_steps=50", "training.logging_steps=25",
+# not reach.
+DEMO_TRAINING = ("lis.mode=async", "training.eval_steps=50", "training.save_steps=50", "training.logging_steps=25",
                  "training.max_steps=1000", "lis.early_stopping_patience=3", "lis.early_stopping_min_delta=0.001")
 DEMO_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "tiny_cpu.yaml"
 
@@ -65,7 +64,8 @@ def compare_builders(datadir, out: Path, seed: int, builders=BUILDERS):
     start = time.perf_counter()
     # The evaluator's default oracle steps: 300 left the random-pairs oracle short of noise on the
     # demo world (AUC gain -0.0025 [-0.0042, -0.0010]); 600 gives -0.0006 [-0.0018, +0.0004].
-    config = EvaluatorConfig(seed=seed)
+    # Both cores are free until training starts: the folds' oracles are fitted in two processes.
+    config = EvaluatorConfig(seed=seed, workers=2)
     evaluator = LISEvaluator(datadir.log, datadir.catalogue, config, name=f"{datadir.path}/log")
     report = evaluator.report({}, builders=builders, with_segments=False, progress=lambda m: say("  " + m))
     write_report(report, out / "builders" / "lis_report.json")

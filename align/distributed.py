@@ -76,16 +76,6 @@ def launch_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def refuse_under_zero3(field: str) -> None:
-    """ConfigError naming ``field`` when launched with DeepSpeed ZeRO-3 (as ``accelerate launch`` says)."""
-    from lis.errors import ConfigError
-
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and \
-            os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
-        raise ConfigError(f"{field}: not available under DeepSpeed ZeRO-3 (this launch's accelerate config); "
-                          "set it to false, or use ZeRO-2.")
-
-
 def gather_sizes(n: int, device: torch.device | str = "cpu") -> list[int]:
     """Every rank's ``n`` (e.g. its local batch size), in rank order. ``[n]`` when alone.
 

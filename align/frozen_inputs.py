@@ -17,8 +17,11 @@ Limits:
       the GPU recipes leave it off.
     * The encoder output is computed in eval mode: exact for towers without dropout (the Qwen2-VL,
       LLaVA and Idefics3 towers have none by default).
-    * One image per item (the batcher's contract); not under DeepSpeed ZeRO-3 (refused: the
-      skipped vision tower's gathered parameters were never tested there).
+    * One image per item (the batcher's contract).
+    * DeepSpeed ZeRO-3: built before Trainer wraps the model, while every rank still holds the
+      whole model (``zero3_init_flag: false``, our configs); every rank builds the same cache and
+      then never runs the tower, so no rank waits in a gather another skips. Parameters already
+      partitioned at load (``zero3_init_flag: true``) are refused.
 """
 from __future__ import annotations
 
@@ -96,14 +99,19 @@ class FrozenItemInputs:
 
 
 def check_frozen_vision(embedder) -> None:
-    """ConfigError unless every parameter of the vision tower (and projector) is frozen."""
+    """ConfigError unless every parameter of the vision tower (and projector) is frozen and whole."""
     prefixes = set(embedder.family.vision_prefixes)
-    trainable = [name for name, p in embedder.model.named_parameters()
-                 if p.requires_grad and prefixes & set(name.split("."))]
+    vision = [(name, p) for name, p in embedder.model.named_parameters() if prefixes & set(name.split("."))]
+    trainable = [name for name, p in vision if p.requires_grad]
     if trainable:
         raise ConfigError(f"data.cache_frozen_inputs: the vision tower has trainable parameters ({trainable[0]}, "
                           f"{len(trainable)} in all; lora.vision is on?); cached encoder outputs need a frozen tower. "
                           "Turn one of them off.")
+    partitioned = [name for name, p in vision if hasattr(p, "ds_id")]
+    if partitioned:
+        raise ConfigError(f"data.cache_frozen_inputs: the vision tower's parameters are already partitioned by DeepSpeed "
+                          f"ZeRO-3 ({partitioned[0]}; zero3_init_flag: true); build the cache with zero3_init_flag: false "
+                          "or turn it off.")
 
 
 def _device(module) -> torch.device:

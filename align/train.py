@@ -38,7 +38,7 @@ from align.checkpoint import (BEST_DIR, EMBEDDINGS, adapter_hash, batcher_settin
                               write_embedder_config, write_run)
 from align.collate import BatcherSource, PairCollator, PairDataset, batcher_for_datadir, items_from_catalogue
 from align.config import load_recipe
-from align.distributed import launch_rank, refuse_under_zero3
+from align.distributed import launch_rank
 from align.export import export_embeddings, export_manifest
 from align.frozen_inputs import FrozenItemInputs
 from align.item_cache import ItemCache
@@ -72,6 +72,7 @@ class PreparedRun:
     base_model_id: str | None  # Hub id of the base, None for a local folder only
     family: object  # align.models.families.Family
     n_truncated: int
+    source: object = None  # what batches are collated from (item cache, frozen inputs); None = the batcher
 
     @property
     def out_dir(self) -> Path:
@@ -148,8 +149,7 @@ def prepare(recipe, callbacks=None, evaluator=None) -> PreparedRun:
     if d.item_cache:
         source = ItemCache(batcher, items, progress=launch_rank() == 0)
         truncated = source.truncated
-        if d.cache_frozen_inputs:
-            refuse_under_zero3("data.cache_frozen_inputs")
+        if d.cache_frozen_inputs:  # before Trainer wraps the model: under ZeRO-3 it is still whole here
             source = FrozenItemInputs(source, model.embedder, progress=launch_rank() == 0)
     else:
         source = BatcherSource(batcher, items)
@@ -177,7 +177,7 @@ def prepare(recipe, callbacks=None, evaluator=None) -> PreparedRun:
     if hasattr(lis_callback, "attach"):  # asynchronous validation reaches the other handlers through the trainer
         lis_callback.attach(trainer)
     return PreparedRun(recipe, data, trainer, batcher, items, lis_callback, base_model, base_model_id, family,
-                       int(truncated))
+                       int(truncated), source if d.item_cache else None)
 
 
 def evaluator_config(recipe) -> EvaluatorConfig:
@@ -249,7 +249,7 @@ def finalise_best(run: PreparedRun, output) -> dict:
                                trained_until=data.trained_until, adapter_hash_value=adapter_hash(tmp),
                                builder=data.builder, builder_options=data.builder_options)
     embedder = trainer.accelerator.unwrap_model(trainer.model).embedder
-    table = export_embeddings(embedder, run.batcher, run.items, batch_size=run.recipe.training.export_batch_size,
+    table = export_embeddings(embedder, run.source or run.batcher, run.items, batch_size=run.recipe.training.export_batch_size,
                               manifest=manifest, progress=main)
     if main:
         write_embedder_config(tmp, batcher_settings(run.batcher), step=best_step, trained_until=data.trained_until,

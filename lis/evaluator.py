@@ -32,7 +32,7 @@ from lis.features import HistoryIndex
 from lis.full_mode import FullMode
 from lis.bootstrap import check_bootstrap_users, paired_bootstrap, user_resamples
 from lis.metrics import auc, gauc
-from lis.oracle import cross_fitted_features, fit_pair_embeddings
+from lis.oracle import cross_fitted_features, fit_in_processes, fit_pair_embeddings
 from lis.probe import probe_gain
 from lis.rankers import IdCtrRanker, column_logits
 from lis.segments import segment_gains, segment_masks
@@ -60,6 +60,9 @@ class EvaluatorConfig:
     engine: str = "memory"  # memory | spark (lis.spark; with spark_master URL and spark_conf settings)
     spark_master: str | None = None
     spark_conf: dict = field(default_factory=dict)
+    # The folds' oracle tables fitted in this many processes (forked; 1 = in this one). Each fit
+    # runs on one thread from its own seed, so the tables do not depend on it.
+    workers: int = 1
 
     def check(self) -> None:
         for option, choices in (("ranker", ("builtin", "column")), ("mode", ("probe", "full")),
@@ -72,6 +75,8 @@ class EvaluatorConfig:
                               "retrain a 'base_logit' column (ranker 'column'): use mode 'probe' or ranker 'builtin'.")
         if self.folds < 2:
             raise ConfigError(f"evaluator option 'folds' must be >= 2 (cross-fitting); got {self.folds!r}.")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise ConfigError(f"evaluator option 'workers' must be an integer >= 1; got {self.workers!r}.")
         if self.n_bootstrap < 10:
             raise ConfigError(f"evaluator option 'n_bootstrap' must be >= 10; got {self.n_bootstrap!r}.")
 
@@ -208,7 +213,7 @@ class LISEvaluator:
 
         ``transform(pairs, fold)`` may alter each fold's pairs (e.g. corrupt them for the validity test).
         """
-        oracles, counts = [], []
+        pair_sets = []
         for fold in range(self.config.folds):
             pairs = self.builder_pairs(builder, self.leaked_slice(fold), **options)
             if transform is not None:
@@ -216,13 +221,13 @@ class LISEvaluator:
             if len(pairs) == 0:
                 raise DataError(f"builder '{builder}': no pairs in the leaked window of fold {fold}; LIS is undefined "
                                 "(the log has too few engagements for this builder).")
-            counts.append(len(pairs))
-            if self.config.lis_mode == "pairs":
-                oracles.append(pairs)
-            else:
-                oracles.append(fit_pair_embeddings(pairs, dim=self.config.oracle_dim, steps=self.config.oracle_steps,
-                                                   seed=self.config.seed + fold, source=f"oracle:{builder}"))
-        return oracles, counts
+            pair_sets.append(pairs)
+        counts = [len(pairs) for pairs in pair_sets]
+        if self.config.lis_mode == "pairs":
+            return pair_sets, counts
+        jobs = [dict(pairs=pairs, dim=self.config.oracle_dim, steps=self.config.oracle_steps, seed=self.config.seed + fold,
+                     source=f"oracle:{builder}") for fold, pairs in enumerate(pair_sets)]
+        return fit_in_processes(jobs, self.config.workers), counts
 
     def oracle_features(self, oracles, index: HistoryIndex | None = None,
                         fold: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -75,6 +75,25 @@ def fit_pair_embeddings(
     return EmbeddingTable(list(ids), vectors, manifest)
 
 
+def fit_in_processes(jobs: list[dict], workers: int = 1) -> list[EmbeddingTable]:
+    """:func:`fit_pair_embeddings` of each job (its keyword arguments), in up to ``workers``
+    forked processes; the tables come back in the order of ``jobs``.
+
+    Each fit runs on one torch thread from its own seed, so a table is the same whichever
+    process fits it. Without ``fork`` (macOS spawn, Windows) the jobs run here, one by one."""
+    import multiprocessing
+
+    workers = min(int(workers), len(jobs))
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return [fit_pair_embeddings(**job) for job in jobs]
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        return pool.map(_fit_job, jobs)
+
+
+def _fit_job(job: dict) -> EmbeddingTable:
+    return fit_pair_embeddings(**job)
+
+
 def _train(table, optimiser, anchor_codes, positive_codes, weights, batch, steps, logit_scale, generator) -> None:
     for _ in range(steps):
         rows = torch.multinomial(weights, batch, replacement=True, generator=generator)

@@ -46,6 +46,7 @@ def check_score_args(args, table_paths: list, pairs_paths: list) -> None:
     positive_int(args.bootstrap, "--bootstrap")
     positive_int(args.history_len, "--history-len")
     positive_int(args.oracle_steps, "--oracle-steps")
+    positive_int(args.workers, "--workers")
     positive_int(args.oracle_dim, "--oracle-dim")
     inputs = [*datadir_inputs(args.data), *table_paths, *pairs_paths]
     for path in report_paths(args.out):

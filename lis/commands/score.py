@@ -65,6 +65,9 @@ def register(subparsers) -> None:
                        help="dimension of the leaked oracle table (default: the first table's, else 64)")
     score.add_argument("--oracle-steps", type=int, default=600, metavar="N",
                        help="training steps of each oracle table (default: %(default)s)")
+    score.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="fit the folds' leaked oracle tables in N processes (default: %(default)s; the "
+                            "tables, and so every number, do not depend on N)")
     score.add_argument("--no-segments", action="store_true", help="skip the per-segment gains of each table")
     score.add_argument("--engine", choices=("memory", "spark"), default="memory",
                        help="memory (default) or spark: the same numbers on Apache Spark, reading the log as a "
@@ -98,7 +101,7 @@ def run_score(args) -> int:
     config = EvaluatorConfig(engine=args.engine, spark_master=args.spark_master, spark_conf=parse_conf(args.spark_conf),
         eval_fraction=args.eval_fraction, history_len=args.history_len, ranker=args.ranker, mode=args.mode,
         n_bootstrap=args.bootstrap, lis_mode=args.lis_mode, oracle_dim=oracle_dim(args.oracle_dim, tables),
-        oracle_steps=args.oracle_steps, seed=args.seed, builder_options=options,
+        oracle_steps=args.oracle_steps, seed=args.seed, builder_options=options, workers=args.workers,
     )
     config.check()
     progress(f"preparing the evaluator ({args.engine} engine, ranker {args.ranker})")

@@ -5,7 +5,7 @@ sorted in log order, with the in-memory :class:`lis.features.HistoryIndex` of it
 evaluation-window rows built once. Because a user never spans two blocks, the in-memory kernel
 runs unchanged on a block: histories, similarity features and controls (:func:`table_columns`,
 :func:`oracle_columns`), within-user centring and per-user AUCs. Blocks are made once per
-evaluator by one grouped pandas UDF and kept as a persisted RDD of pickled dicts.
+evaluator by one grouped pandas UDF and kept as an RDD of pickled dicts persisted on local disk.
 """
 from __future__ import annotations
 
@@ -56,11 +56,13 @@ def make_blocks(log, n: int, *, eval_start: int, probe_split: int, max_len: int,
                  "base_logit": logit, "index": index, "order": rows[list(ORDER)].reset_index(drop=True)}
         return pd.DataFrame({"blob": [pickle.dumps(block, protocol=pickle.HIGHEST_PROTOCOL)]})
 
-    # One partition per block bucket, not spark.sql.shuffle.partitions: a persisted partition is
-    # unrolled in the JVM heap as a whole, so with a fixed 8 partitions its size grew with the log
-    # (the 4 GB heap ran out at 74M impressions); with n it stays about one block.
+    # One partition per block bucket, not spark.sql.shuffle.partitions: with a fixed 8 partitions
+    # a partition's size grows with the log.
     packed = bucketed.repartition(n, "_block").groupBy("_block").applyInPandas(pack, schema="blob binary")
-    blocks = packed.rdd.map(lambda row: pickle.loads(row.blob)).persist(StorageLevel.MEMORY_AND_DISK)
+    # On local disk, not in the JVM heap: a persisted Python RDD is pickled bytes either way (every
+    # pass unpickles it in the workers), and in memory the blocks took the
+    # execution memory the next aggregation needed (AGGREGATE_OUT_OF_MEMORY at 74M impressions).
+    blocks = packed.rdd.map(lambda row: pickle.loads(row.blob)).persist(StorageLevel.DISK_ONLY)
     blocks.count()
     return blocks
 

@@ -74,12 +74,11 @@ def test_the_recipe_refuses_it_without_the_item_cache_or_with_lora_on_vision(tmp
         load_recipe(path, ["lora.vision=true"])
 
 
-def test_it_is_refused_under_zero3(monkeypatch):
-    from align.distributed import refuse_under_zero3
+def test_a_vision_tower_already_partitioned_by_zero3_is_refused(tiny_dirs, items):
+    from align.models.loading import load_vlm
 
-    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
-    refuse_under_zero3("data.cache_frozen_inputs")
-    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
-    with pytest.raises(ConfigError, match="data.cache_frozen_inputs: not available under DeepSpeed ZeRO-3"):
-        refuse_under_zero3("data.cache_frozen_inputs")
+    cache, embedder = _cache_and_embedder(load_vlm(str(tiny_dirs["qwen2_vl"])), items)
+    name, parameter = next((n, p) for n, p in embedder.model.named_parameters() if ".visual." in n)
+    parameter.ds_id = 0  # how DeepSpeed marks a parameter it partitioned (zero3_init_flag: true)
+    with pytest.raises(ConfigError, match="already partitioned by DeepSpeed ZeRO-3"):
+        FrozenItemInputs(cache, embedder, progress=False)

@@ -198,7 +198,7 @@ def test_callback_exports_through_the_processor_when_the_item_cache_is_off(tmp_p
     from align.train import run_training
 
     out = tmp_path / "run"
-    r = recipe(data_dir, base_model, out, *LIS, "lis.builder=random", "data.item_cache=false",
+    r = recipe(data_dir, base_model, out, *LIS, "lis.builder=random", "data.item_cache=false", "data.cache_frozen_inputs=false",
                "training.max_steps=2", "training.eval_steps=2", "training.save_steps=2", "training.report_to=[]")
     result = run_training(r, evaluator=no_headroom_evaluator)
     assert [h["step"] for h in result["lis_callback"].history] == [0, 2]

@@ -357,6 +357,7 @@ SCORE = {
         _score(ws, out=_png_dir(ws)), ["--out", "report.png", "directory"]),
     "oracle_steps_minus_1": lambda ws: (_score(ws, "--oracle-steps", "-1"), ["--oracle-steps", "-1"]),
     "oracle_steps_0": lambda ws: (_score(ws, "--oracle-steps", "0"), ["--oracle-steps", "0"]),
+    "workers_0": lambda ws: (_score(ws, "--workers", "0"), ["--workers", "0"]),
     "oracle_dim_0": lambda ws: (_score(ws, "--oracle-dim", "0"), ["--oracle-dim", "0"]),
     "bootstrap_0": lambda ws: (_score(ws, "--bootstrap", "0"), ["--bootstrap", "0"]),
     "bootstrap_5": lambda ws: (_score(ws, "--bootstrap", "5"), ["n_bootstrap", "5"]),

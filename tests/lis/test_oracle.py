@@ -37,3 +37,12 @@ def test_steps_are_a_floor_that_grows_with_the_pairs(monkeypatch):
     big = pd.concat([small] * 200, ignore_index=True)           # 36,000 pairs, batch 64
     fit_pair_embeddings(big, dim=4, steps=600, batch_size=64)
     assert seen == [600, int(np.ceil(oracle.MIN_EPOCHS * len(big) / 64))]
+
+
+def test_tables_fitted_in_worker_processes_are_the_tables_fitted_here_in_the_order_of_the_jobs():
+    jobs = [dict(pairs=clustered_pairs(seed=s), dim=8, steps=100, seed=s) for s in range(3)]
+    here = oracle.fit_in_processes(jobs, workers=1)
+    there = oracle.fit_in_processes(jobs, workers=2)
+    assert [t.ids for t in there] == [t.ids for t in here]
+    for a, b in zip(there, here):
+        np.testing.assert_array_equal(a.vectors, b.vectors)
