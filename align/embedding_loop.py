@@ -72,9 +72,7 @@ def _loop(module, batcher, items, batch_size, progress, prefetch, synced, desc) 
                 _agree(error, device)
             elif error is not None:
                 raise error
-            # Floating inputs (pixel values) follow the backbone's dtype: a bf16 vision tower
-            # does not cast float32 pixels itself in every family.
-            inputs = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in batch.items()}
+            inputs = {k: _to_device(v, device, dtype) for k, v in batch.items()}
             out.append(module(**inputs).float())
             bar.update(1)
     return torch.cat(out)
@@ -164,6 +162,15 @@ def unwrap(embedder):
     while type(embedder).__name__ in ("DistributedDataParallel", "DeepSpeedEngine") and hasattr(embedder, "module"):
         embedder = embedder.module
     return embedder
+
+
+def _to_device(value, device, dtype):
+    """A batch value on ``device``; floating ones (pixels, cached encoder outputs, also inside a
+    tuple) in the backbone's dtype: a bf16 vision tower does not cast float32 pixels itself in
+    every family."""
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_device(v, device, dtype) for v in value)
+    return value.to(device, dtype) if value.is_floating_point() else value.to(device)
 
 
 def _backbone_dtype(module) -> torch.dtype:
