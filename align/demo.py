@@ -64,8 +64,7 @@ def compare_builders(datadir, out: Path, seed: int, builders=BUILDERS):
     start = time.perf_counter()
     # The evaluator's default oracle steps: 300 left the random-pairs oracle short of noise on the
     # demo world (AUC gain -0.0025 [-0.0042, -0.0010]); 600 gives -0.0006 [-0.0018, +0.0004].
-    # Both cores are free until training starts: the folds' oracles are fitted in two processes.
-    config = EvaluatorConfig(seed=seed, workers=2)
+    config = EvaluatorConfig(seed=seed)
     evaluator = LISEvaluator(datadir.log, datadir.catalogue, config, name=f"{datadir.path}/log")
     report = evaluator.report({}, builders=builders, with_segments=False, progress=lambda m: say("  " + m))
     write_report(report, out / "builders" / "lis_report.json")
