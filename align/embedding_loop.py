@@ -59,7 +59,7 @@ def _loop(module, batcher, items, batch_size, progress, prefetch, synced, desc) 
     from tqdm.auto import tqdm
 
     device = next(module.head.parameters()).device
-    dtype = _backbone_dtype(module)
+    dtype = backbone_dtype(module)
     chunks = [items[start:start + batch_size] for start in range(0, len(items), batch_size)]
     prepare = _preparer(batcher)
     if prefetch is None:
@@ -72,7 +72,7 @@ def _loop(module, batcher, items, batch_size, progress, prefetch, synced, desc) 
                 _agree(error, device)
             elif error is not None:
                 raise error
-            inputs = {k: _to_device(v, device, dtype) for k, v in batch.items()}
+            inputs = {k: batch_value_to(v, device, dtype) for k, v in batch.items()}
             out.append(module(**inputs).float())
             bar.update(1)
     return torch.cat(out)
@@ -164,16 +164,16 @@ def unwrap(embedder):
     return embedder
 
 
-def _to_device(value, device, dtype):
+def batch_value_to(value, device, dtype):
     """A batch value on ``device``; floating ones (pixels, cached encoder outputs, also inside a
     tuple) in the backbone's dtype: a bf16 vision tower does not cast float32 pixels itself in
     every family."""
     if isinstance(value, (tuple, list)):
-        return type(value)(_to_device(v, device, dtype) for v in value)
+        return type(value)(batch_value_to(v, device, dtype) for v in value)
     return value.to(device, dtype) if value.is_floating_point() else value.to(device)
 
 
-def _backbone_dtype(module) -> torch.dtype:
+def backbone_dtype(module) -> torch.dtype:
     for param in module.backbone().parameters():
         if param.is_floating_point():
             return param.dtype

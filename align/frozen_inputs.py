@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import torch
 
+from align.embedding_loop import backbone_dtype, batch_value_to
 from lis.errors import ConfigError
 
 # Keys the cached encoder output replaces (transformers refuses pixels and encoder outputs together).
@@ -58,6 +59,7 @@ class FrozenItemInputs:
         self.cache = cache
         self.ids, self.batcher, self.truncated = cache.ids, cache.batcher, cache.truncated
         backbone = embedder.backbone()
+        device, dtype = next(embedder.head.parameters()).device, backbone_dtype(embedder)
         self.features: list[torch.Tensor] = []
         self.positions: list[torch.Tensor] | None = [] if hasattr(backbone, "get_rope_index") else None
         modes = {m: m.training for m in backbone.modules()}
@@ -67,8 +69,7 @@ class FrozenItemInputs:
             with torch.no_grad():
                 for start in range(0, len(cache), batch_size):
                     rows = range(start, min(start + batch_size, len(cache)))
-                    batch = {k: v.to(_device(backbone)) if torch.is_tensor(v) else v
-                             for k, v in cache.collate(rows).items()}
+                    batch = {k: batch_value_to(v, device, dtype) for k, v in cache.collate(rows).items()}
                     self.features.extend(_encoder_outputs(backbone, batch, len(rows)))
                     if self.positions is not None:
                         self.positions.extend(_item_positions(backbone, batch))
@@ -112,10 +113,6 @@ def check_frozen_vision(embedder) -> None:
         raise ConfigError(f"data.cache_frozen_inputs: the vision tower's parameters are already partitioned by DeepSpeed "
                           f"ZeRO-3 ({partitioned[0]}; zero3_init_flag: true); build the cache with zero3_init_flag: false "
                           "or turn it off.")
-
-
-def _device(module) -> torch.device:
-    return next(module.parameters()).device
 
 
 def _encoder_outputs(backbone, batch: dict, n: int) -> list[torch.Tensor]:

@@ -72,7 +72,7 @@ class PreparedRun:
     base_model_id: str | None  # Hub id of the base, None for a local folder only
     family: object  # align.models.families.Family
     n_truncated: int
-    source: object = None  # what batches are collated from (item cache, frozen inputs); None = the batcher
+    source: object  # what exports collate from: the item cache (or frozen inputs over it), else the batcher
 
     @property
     def out_dir(self) -> Path:
@@ -165,7 +165,8 @@ def prepare(recipe, callbacks=None, evaluator=None) -> PreparedRun:
                            None if negatives is None else negatives[rows])
 
     # The exporter collates from the item cache when there is one, else runs the processor itself.
-    lis_callback = (make_lis_callback(recipe, data, source if d.item_cache else batcher, items, evaluator, base_model)
+    export_source = source if d.item_cache else batcher
+    lis_callback = (make_lis_callback(recipe, data, export_source, items, evaluator, base_model)
                     if recipe.lis.enabled else None)
     info = CheckpointInfo(batcher=batcher_settings(batcher), trained_until=data.trained_until, base_model=base_model)
     trainer = build_trainer(recipe, model, subset(data.train_rows), subset(data.eval_rows),
@@ -177,7 +178,7 @@ def prepare(recipe, callbacks=None, evaluator=None) -> PreparedRun:
     if hasattr(lis_callback, "attach"):  # asynchronous validation reaches the other handlers through the trainer
         lis_callback.attach(trainer)
     return PreparedRun(recipe, data, trainer, batcher, items, lis_callback, base_model, base_model_id, family,
-                       int(truncated), source if d.item_cache else None)
+                       int(truncated), export_source)
 
 
 def evaluator_config(recipe) -> EvaluatorConfig:
@@ -249,7 +250,7 @@ def finalise_best(run: PreparedRun, output) -> dict:
                                trained_until=data.trained_until, adapter_hash_value=adapter_hash(tmp),
                                builder=data.builder, builder_options=data.builder_options)
     embedder = trainer.accelerator.unwrap_model(trainer.model).embedder
-    table = export_embeddings(embedder, run.source or run.batcher, run.items, batch_size=run.recipe.training.export_batch_size,
+    table = export_embeddings(embedder, run.source, run.items, batch_size=run.recipe.training.export_batch_size,
                               manifest=manifest, progress=main)
     if main:
         write_embedder_config(tmp, batcher_settings(run.batcher), step=best_step, trained_until=data.trained_until,

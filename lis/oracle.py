@@ -85,7 +85,7 @@ def fit_in_processes(jobs: list[dict], workers: int = 1) -> list[EmbeddingTable]
 
     workers = min(int(workers), len(jobs))
     if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-        return [fit_pair_embeddings(**job) for job in jobs]
+        return list(map(_fit_job, jobs))
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         return pool.map(_fit_job, jobs)
 
