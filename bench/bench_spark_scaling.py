@@ -90,6 +90,8 @@ def main() -> int:
     parser.add_argument("--sizes", default="1,4,16", help="chunks per size (default: %(default)s)")
     parser.add_argument("--memory-up-to", type=int, default=4, help="largest size the in-memory engine runs")
     parser.add_argument("--engines", default="memory,spark")
+    parser.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
+                        help="passed to every Spark run (e.g. spark.driver.memory=8g for 64M impressions)")
     args = parser.parse_args()
     table = random_table(args.world)
     cores = os.cpu_count() or 1
@@ -102,13 +104,16 @@ def main() -> int:
             out = data / f"report-{engine}.json"
             command = LIS + ["--data", str(data), "--out", str(out), "--builder", "co_engagement", "--builder",
                              "random", "--embeddings", f"random={table}", "--no-segments", "--engine", engine]
+            if engine == "spark":
+                command += [arg for conf in args.spark_conf for arg in ("--spark-conf", conf)]
             seconds, driver, others, status = measure(command, data / f"run-{engine}.log")
             import pyarrow.parquet as pq
             impressions = sum(pq.ParquetFile(p).metadata.num_rows for p in (data / "log").glob("*.parquet"))
             rows.append((n, engine, impressions, seconds, driver, others, status))
             print(f"size {n} {engine}: {impressions:,} impressions {seconds:.1f} s driver {driver:.2f} GiB "
                   f"JVM+workers {others:.2f} GiB exit {status}", file=sys.stderr, flush=True)
-    print(f"\nmachine: {cores} cores, load average {os.getloadavg()[0]:.1f} at the end")
+    print(f"\nmachine: {cores} cores, load average {os.getloadavg()[0]:.1f} at the end; Spark conf: "
+          f"{' '.join(args.spark_conf) or 'defaults'}")
     print("| impressions | engine | wall s | driver peak GiB | JVM+workers peak GiB | impressions/s per core |")
     print("|---:|---|---:|---:|---:|---:|")
     for n, engine, impressions, seconds, driver, others, status in rows:

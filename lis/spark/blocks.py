@@ -22,14 +22,23 @@ from lis.spark.source import ORDER
 # Rows per block: big enough to amortise Python per block, small enough that the JVM's copies of
 # a pickled block (one binary value: Arrow, the RDD row, the persisted copy) stay near 30 MB.
 ROWS_PER_BLOCK = 100_000
+# Rows per partition of the block RDD: every pass over the blocks (a probe's Newton steps make
+# dozens) is one task per partition, so partitions hold many blocks. One block per partition made
+# 743 tasks per pass at 74M impressions, and the run spent its time scheduling them.
+ROWS_PER_PARTITION = 1_000_000
 
 
 def n_blocks(n_rows: int, parallelism: int) -> int:
     return max(2 * parallelism, -(-n_rows // ROWS_PER_BLOCK))
 
 
-def make_blocks(log, n: int, *, eval_start: int, probe_split: int, max_len: int, ranker=None):
-    """RDD of block dicts from the canonical log joined with ``fold`` per user (persisted).
+def n_partitions(n_rows: int, parallelism: int) -> int:
+    return max(2 * parallelism, -(-n_rows // ROWS_PER_PARTITION))
+
+
+def make_blocks(log, n: int, *, eval_start: int, probe_split: int, max_len: int, ranker=None, partitions: int | None = None):
+    """RDD of ``n`` block dicts in ``partitions`` partitions (default ``n``) from the canonical log
+    joined with ``fold`` per user (persisted).
 
     Block keys: ``users``/``keys`` (the evaluation rows' users as local codes and the uint64
     keys of those users), ``labels``, ``is_test``, ``fold``, ``base_logit`` (the column, or the
@@ -62,7 +71,10 @@ def make_blocks(log, n: int, *, eval_start: int, probe_split: int, max_len: int,
     # On local disk, not in the JVM heap: a persisted Python RDD is pickled bytes either way (every
     # pass unpickles it in the workers), and in memory the blocks took the
     # execution memory the next aggregation needed (AGGREGATE_OUT_OF_MEMORY at 74M impressions).
-    blocks = packed.rdd.map(lambda row: pickle.loads(row.blob)).persist(StorageLevel.DISK_ONLY)
+    blocks = packed.rdd.map(lambda row: pickle.loads(row.blob))
+    if partitions is not None and partitions < n:
+        blocks = blocks.coalesce(partitions)
+    blocks = blocks.persist(StorageLevel.DISK_ONLY)
     blocks.count()
     return blocks
 

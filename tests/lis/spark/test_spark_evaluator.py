@@ -8,6 +8,8 @@ import pytest
 from lis.datadir import load_datadir
 from lis.engine import make_evaluator
 from lis.evaluator import EvaluatorConfig, LISEvaluator
+from lis.spark import blocks
+from lis.spark import evaluator as spark_evaluator
 from lis.synth import simulate
 
 pytestmark = pytest.mark.slow
@@ -21,7 +23,13 @@ def engines(spark, tmp_path_factory):
     simulate("tiny", 0, root, progress=False)
     data = load_datadir(root, check_images=False)
     memory = make_evaluator(data.log, data.catalogue, EvaluatorConfig(**SETTINGS))
-    distributed = make_evaluator(data.log, data.catalogue, EvaluatorConfig(engine="spark", **SETTINGS))
+    with pytest.MonkeyPatch.context() as patch:
+        # Small blocks, several to a partition, and shuffle partitions scaled up: the layout a
+        # large log gets, on the tiny world.
+        patch.setattr(blocks, "ROWS_PER_BLOCK", 2_000)
+        patch.setattr(spark_evaluator, "ROWS_PER_SHUFFLE_PARTITION", 5_000)
+        distributed = make_evaluator(data.log, data.catalogue, EvaluatorConfig(engine="spark", **SETTINGS))
+    assert distributed.blocks.getNumPartitions() < distributed.blocks.count()
     return memory, distributed
 
 
