@@ -77,17 +77,15 @@ def fit_pair_embeddings(
 
 def fit_in_processes(jobs: list[dict], workers: int = 1) -> list[EmbeddingTable]:
     """:func:`fit_pair_embeddings` of each job (its keyword arguments), in up to ``workers``
-    forked processes; the tables come back in the order of ``jobs``.
-
-    Each fit runs on one torch thread from its own seed, so a table is the same whichever
-    process fits it. Without ``fork`` (macOS spawn, Windows) the jobs run here, one by one."""
-    import multiprocessing
+    fresh interpreters (:mod:`lis.interpreters`: safe from any process, threads or not); the
+    tables come back in the order of ``jobs``. Each fit runs on one torch thread from its own
+    seed, so a table is the same whichever process fits it."""
+    from lis.interpreters import run_in_interpreters
 
     workers = min(int(workers), len(jobs))
-    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+    if workers <= 1:
         return list(map(_fit_job, jobs))
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        return pool.map(_fit_job, jobs)
+    return run_in_interpreters(_fit_job, jobs, workers)
 
 
 def _fit_job(job: dict) -> EmbeddingTable:
