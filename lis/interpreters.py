@@ -6,7 +6,7 @@ loop's helpers), and a child that takes one waits forever. The ``spawn`` and ``f
 methods re-import the caller's main module, which a script without an ``if __name__ ==
 "__main__"`` guard cannot survive (it starts the pool again, recursively). A fresh interpreter
 (``python -m lis.interpreters JOBS RESULTS``) has neither problem; it costs one interpreter
-start per worker (about 2 s with torch) and a pickle of each job and result.
+start per worker (a few seconds with torch) and a pickle of each job and result.
 """
 from __future__ import annotations
 
