@@ -2,7 +2,8 @@
 
 Workers run ``PYSPARK_PYTHON``; set to ``sys.executable`` so pandas UDFs find the same
 packages as the driver (otherwise: "No module named 'pandas'"). Defaults suit local mode
-(``local[*]``): no UI, UTC session time, Arrow batches; ``--spark-conf KEY=VALUE`` overrides.
+(``local[*]``): no UI, UTC session time, Arrow batches, a driver heap of a third of the
+machine's memory (4g to 16g); ``--spark-conf KEY=VALUE`` overrides.
 """
 from __future__ import annotations
 
@@ -20,9 +21,19 @@ DEFAULTS = {
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.sql.shuffle.partitions": "8",
-    "spark.driver.memory": "4g",
     "spark.python.worker.reuse": "true",
 }
+
+
+def default_driver_memory(total_bytes: int | None = None) -> str:
+    """A third of this machine's memory, 4g to 16g. In local mode the driver's JVM is also every
+    executor: 74M impressions ran out of a 4g heap on a 24 GiB machine and finished with 8g."""
+    if total_bytes is None:
+        try:
+            total_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):
+            return "4g"
+    return f"{min(16, max(4, round(total_bytes / 3 / 2**30)))}g"
 
 
 def java_major() -> int | None:
@@ -78,7 +89,7 @@ def spark_session(master: str | None = None, conf=None):
     if active is not None and master is None and not conf:
         return active
     builder = SparkSession.builder.master(master or "local[*]").appName("lis-align")
-    for key, value in (DEFAULTS | parse_conf(conf)).items():
+    for key, value in (DEFAULTS | {"spark.driver.memory": default_driver_memory()} | parse_conf(conf)).items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
