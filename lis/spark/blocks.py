@@ -36,9 +36,9 @@ def n_partitions(n_rows: int, parallelism: int) -> int:
     return max(2 * parallelism, -(-n_rows // ROWS_PER_PARTITION))
 
 
-def make_blocks(log, n: int, *, eval_start: int, probe_split: int, max_len: int, ranker=None, partitions: int | None = None):
-    """RDD of ``n`` block dicts in ``partitions`` partitions (default ``n``) from the canonical log
-    joined with ``fold`` per user (persisted).
+def make_blocks(log, n: int, *, partitions: int, eval_start: int, probe_split: int, max_len: int, ranker=None):
+    """RDD of ``n`` block dicts in ``partitions`` partitions (when fewer than ``n``, several blocks to
+    a partition) from the canonical log joined with ``fold`` per user (persisted).
 
     Block keys: ``users``/``keys`` (the evaluation rows' users as local codes and the uint64
     keys of those users), ``labels``, ``is_test``, ``fold``, ``base_logit`` (the column, or the
@@ -72,7 +72,7 @@ def make_blocks(log, n: int, *, eval_start: int, probe_split: int, max_len: int,
     # pass unpickles it in the workers), and in memory the blocks took the
     # execution memory the next aggregation needed (AGGREGATE_OUT_OF_MEMORY at 74M impressions).
     blocks = packed.rdd.map(lambda row: pickle.loads(row.blob))
-    if partitions is not None and partitions < n:
+    if partitions < n:
         blocks = blocks.coalesce(partitions)
     blocks = blocks.persist(StorageLevel.DISK_ONLY)
     blocks.count()

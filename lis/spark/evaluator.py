@@ -49,7 +49,8 @@ class SparkLISEvaluator(LISEvaluator):
         self.catalogue, self.name = catalogue, name
         self.log = log.persist(StorageLevel.MEMORY_AND_DISK)
         self.windows = split_windows(self.log, self.config.eval_fraction, name=name)
-        self._scale_shuffles(self.windows.counts["fit"][0] + self.windows.counts["eval"][0])
+        n_rows = self.windows.counts["fit"][0] + self.windows.counts["eval"][0]
+        self._scale_shuffles(n_rows)
         self.fit_log = self.log.where(~window_condition(self.windows, "eval"))
         if self.config.ranker == "column" and "base_logit" not in self.log.columns:
             raise DataError(f"{name}: column 'base_logit' is missing; ranker 'column' needs the production "
@@ -59,7 +60,6 @@ class SparkLISEvaluator(LISEvaluator):
             self.ranker = fit_ranker(self.fit_log, self.config.ranker_dim, self.config.seed, name)
         self.folded = self.log.join(self._folds(), "user_id")
         self._check_test_users()
-        n_rows = self.windows.counts["fit"][0] + self.windows.counts["eval"][0]
         parallelism = self.spark.sparkContext.defaultParallelism
         self.blocks = B.make_blocks(self.folded, B.n_blocks(n_rows, parallelism), eval_start=self.windows.eval_start,
                                     probe_split=self.windows.probe_split, max_len=self.config.history_len,
